@@ -1,0 +1,61 @@
+# llmstream — every target bootstraps what it needs and is safe to run again.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+LLMSTREAM_HOME ?= $(HOME)/.cache/llmstream
+PIP_CACHE_DIR ?= $(LLMSTREAM_HOME)/pip
+export LLMSTREAM_HOME PIP_CACHE_DIR
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PACKAGES := -p llmstream -p llmstream_inference -p llmstream_gateway -p llmstream_operator
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test test-fast lint fmt clean tools model bench bench-inference bench-gateway
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install llmstream (editable) with every extra; a no-op when nothing changed
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) and installing llmstream[all] (pip cache: $(PIP_CACHE_DIR))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --progress-bar on -e '.[all]'
+	@touch $@
+
+tools: ## install the system tools the tests use (promtool, wscat, chromium) when possible
+	@scripts/ensure-tools.sh promtool wscat chromium
+
+model: install ## provision the embedded default model (SmolLM2-135M-Instruct) into $(LLMSTREAM_HOME)
+	@$(VENV)/bin/llmstream model pull-default
+
+demo: install model ## run llmstream on its embedded default model
+	@$(VENV)/bin/llmstream up
+
+test: install tools model ## run the whole test suite
+	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: install ## unit tests only (no default model, no external tools)
+	@$(VENV)/bin/pytest -m 'not slow and not controlplane and not e2e' $(PYTEST_ARGS)
+
+lint: install ## ruff check, ruff format --check, mypy --strict
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy $(PACKAGES)
+
+fmt: install ## format and auto-fix
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+bench: bench-inference ## every benchmark (JSON + PNG under bench-results/)
+
+bench-inference: install model ## inference engine vs thread-per-request vs static batch
+	@$(VENV)/bin/python -m benchmarks.inference --out bench-results
+
+clean: ## remove the venv and build outputs (the model cache in $(LLMSTREAM_HOME) stays)
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""llmstream gateway: WebSocket/SSE/OpenAI streaming front end with hold-at-zero."""

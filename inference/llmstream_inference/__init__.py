@@ -1,0 +1,1 @@
+"""llmstream inference server: continuous-batching engine, model loading, HTTP API."""

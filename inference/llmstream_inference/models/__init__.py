@@ -1,0 +1,1 @@
+"""Model sources, the embedded default model and the tiny test model."""

@@ -1,0 +1,5 @@
+import sys
+
+from llmstream.cli import main
+
+sys.exit(main())

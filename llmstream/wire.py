@@ -1,0 +1,174 @@
+"""Wire formats shared by the inference server and the gateway (see docs/protocol.md).
+
+One place per fact: the request body, sampling parameters, the frames streamed back and the
+error codes are defined here and nowhere else. Unknown fields are rejected so a typo in a
+parameter name is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MAX_STOP_STRINGS = 8
+MAX_ID_LENGTH = 128
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorCode(StrEnum):
+    """Error codes carried by `error` frames and HTTP error bodies."""
+
+    INVALID_REQUEST = "invalid_request"
+    UNAUTHORIZED = "unauthorized"
+    OVERLOADED = "overloaded"
+    COLD_START_TIMEOUT = "cold_start_timeout"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_FAILED = "backend_failed"
+    CONTEXT_TOO_LONG = "context_too_long"
+    INTERNAL = "internal"
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class SamplingParams(_Strict):
+    """Per-request sampling. `None` means "use the server's configured default"."""
+
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Field(ge=0)] = 0
+    repetition_penalty: Annotated[float, Field(gt=0.0)] = 1.0
+    stop: Annotated[
+        list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
+    ] = Field(default_factory=list)
+    seed: int | None = None
+    do_sample: bool | None = None
+    return_full_text: bool = False
+
+
+class ChatMessage(_Strict):
+    """One chat turn; rendered with the model's chat template."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerateInput(_Strict):
+    """The three accepted input forms: `prompt`, `messages`, or `question` (+ `context`)."""
+
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    question: str | None = None
+    context: str | None = None
+    params: SamplingParams = Field(default_factory=SamplingParams)
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> Self:
+        forms = [
+            name
+            for name, value in (
+                ("prompt", self.prompt),
+                ("messages", self.messages),
+                ("question", self.question),
+            )
+            if value is not None
+        ]
+        if not forms:
+            raise ValueError("one of 'prompt', 'messages' or 'question' is required")
+        if len(forms) > 1:
+            raise ValueError(f"give only one of 'prompt', 'messages', 'question' (got {forms})")
+        if self.context is not None and self.question is None:
+            raise ValueError("'context' needs a 'question'")
+        return self
+
+
+class GenerateRequest(GenerateInput):
+    """Body of `POST /v1/generate` (gateway and inference server)."""
+
+    stream: bool = False
+
+
+class GenerateFrame(GenerateInput):
+    """Client -> gateway WebSocket frame starting a stream."""
+
+    type: Literal["generate"]
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class CancelFrame(_Strict):
+    """Client -> gateway WebSocket frame cancelling a stream."""
+
+    type: Literal["cancel"]
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timing(BaseModel):
+    ttft_ms: float | None
+    duration_ms: float
+
+
+class TokenEvent(BaseModel):
+    type: Literal["token"] = "token"
+    id: str | None = None
+    text: str
+    index: int
+
+
+class DoneEvent(BaseModel):
+    type: Literal["done"] = "done"
+    id: str | None = None
+    finish_reason: FinishReason
+    usage: Usage
+    timing: Timing
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    id: str | None = None
+    code: ErrorCode
+    message: str
+    retry_after_s: float | None = None
+
+
+class QueuedEvent(BaseModel):
+    type: Literal["queued"] = "queued"
+    id: str | None = None
+    reason: Literal["warming", "capacity"]
+    position: int
+
+
+class GenerateResult(BaseModel):
+    """Non-streaming answer of `POST /v1/generate`."""
+
+    id: str
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    timing: Timing
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Render a pydantic error as one line naming each bad field, e.g.
+    `params.temperature: Input should be greater than or equal to 0 (got -1)`."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",)) or "body"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown field")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        parts.append(f"{loc}: {message}{shown}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""llmstream operator: reconciles LLMEndpoint resources and autoscales them."""

@@ -1,0 +1,22 @@
+"""Helpers shared by tests (importable: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(name: str, how: str, *, path: str | None = None) -> str:
+    """Return the tool's path, or skip naming what to install (a failure under CI=true)."""
+    found = path if path and Path(path).exists() else shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed: {how} (or run `make tools`)"
+    if IN_CI:
+        pytest.fail(f"CI=true and a test tool is missing: {message}")
+    pytest.skip(message)
