@@ -1,0 +1,88 @@
+"""One place for every name the operator writes: API group, child names, labels, ports, keys.
+
+Other components (the gateway, the Helm chart, the tests) read these facts from here instead of
+spelling them again.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from llmstream import __version__
+
+GROUP: Final = "llmstream.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "LLMEndpoint"
+PLURAL: Final = "llmendpoints"
+SINGULAR: Final = "llmendpoint"
+SHORT_NAME: Final = "llmep"
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+# The wake signal a gateway patches onto its LLMEndpoint while it holds a stream at zero.
+WAKE_ANNOTATION: Final = f"{GROUP}/wake-requested-at"
+
+FIELD_MANAGER: Final = "llmstream-operator"
+MANAGED_BY: Final = "llmstream-operator"
+PART_OF: Final = "llmstream"
+APP_NAME: Final = "llmstream"
+
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_VERSION: Final = "app.kubernetes.io/version"
+# Set by the EndpointSlice controller on every slice of a Service.
+LABEL_SERVICE_NAME: Final = "kubernetes.io/service-name"
+
+INFERENCE: Final = "inference"
+GATEWAY: Final = "gateway"
+
+INFERENCE_PORT: Final = 8000
+GATEWAY_PORT: Final = 8080
+PORT_NAME: Final = "http"
+
+# Kubernetes Service names are DNS-1035 labels (63 characters); the longest suffix is
+# "-inference", so endpoint names are capped here and in the CRD's CEL rule.
+MAX_ENDPOINT_NAME_LENGTH: Final = 63 - len("-inference")
+
+DEFAULT_INFERENCE_IMAGE: Final = f"llmstream/inference:{__version__}"
+DEFAULT_GATEWAY_IMAGE: Final = f"llmstream/gateway:{__version__}"
+
+# Paths inside the inference container (read-only root file system: only these are writable).
+CACHE_MOUNT: Final = "/cache"
+LLMSTREAM_HOME_PATH: Final = f"{CACHE_MOUNT}/llmstream"
+HF_HOME_PATH: Final = f"{CACHE_MOUNT}/huggingface"
+TMP_MOUNT: Final = "/tmp"
+PVC_ROOT: Final = "/models"
+
+
+def inference_name(endpoint: str) -> str:
+    """Deployment and Service of the inference server."""
+    return f"{endpoint}-{INFERENCE}"
+
+
+def gateway_name(endpoint: str) -> str:
+    """Deployment, Service, ServiceAccount, Role, RoleBinding and PDB of the gateway."""
+    return f"{endpoint}-{GATEWAY}"
+
+
+def selector_labels(endpoint: str, component: str) -> dict[str, str]:
+    """The immutable subset of labels used as Deployment and Service selectors."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: endpoint, LABEL_COMPONENT: component}
+
+
+def labels(endpoint: str, component: str) -> dict[str, str]:
+    """Every label a child of `endpoint` carries."""
+    return {
+        **selector_labels(endpoint, component),
+        LABEL_PART_OF: PART_OF,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_VERSION: __version__,
+    }
+
+
+def gateway_url(endpoint: str, namespace: str) -> str:
+    """The in-cluster WebSocket URL of an endpoint, as reported in its status."""
+    return f"ws://{gateway_name(endpoint)}.{namespace}.svc:{GATEWAY_PORT}/v1/ws"
