@@ -14,6 +14,7 @@ PACKAGES := -p llmstream -p llmstream_inference -p llmstream_gateway -p llmstrea
 PYTEST_ARGS ?=
 
 .PHONY: help install demo test test-fast lint fmt clean tools model bench bench-inference bench-gateway
+.PHONY: cluster-bin cluster-bin-for-tests cluster-up
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,8 +37,19 @@ model: install ## provision the embedded default model (SmolLM2-135M-Instruct) i
 demo: install model ## run llmstream on its embedded default model
 	@$(VENV)/bin/llmstream up
 
-test: install tools model ## run the whole test suite
+test: install tools model cluster-bin-for-tests ## run the whole test suite
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+cluster-bin: install ## provision etcd, kube-apiserver/-controller-manager/-scheduler, kwok (pinned, built once into $(LLMSTREAM_HOME)), kubectl, helm
+	@$(PY) -m tools.cluster bin
+
+# `make test` provisions the control-plane tier when it can; without Go or prebuilt binaries
+# the tier's tests skip naming what is missing (under CI=true both fail).
+cluster-bin-for-tests: install
+	@$(PY) -m tools.cluster bin --optional
+
+cluster-up: cluster-bin ## run a local control plane (kwok GPU + CPU nodes) until Ctrl-C; prints the KUBECONFIG export
+	@$(PY) -m tools.cluster up
 
 test-fast: install ## unit tests only (no default model, no external tools)
 	@$(VENV)/bin/pytest -m 'not slow and not controlplane and not e2e' $(PYTEST_ARGS)

@@ -1,0 +1,117 @@
+"""Where binaries come from: KUBEBUILDER_ASSETS, then the versioned cache, then a Go build."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tools.cluster import binaries, kubetools
+
+FIVE = binaries.CONTROL_PLANE
+
+
+def executable(path: Path, output: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho '{output}'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_prebuilt_assets_win_over_the_cache_and_the_cache_fills_the_gaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assets = tmp_path / "assets"
+    executable(assets / "etcd")
+    executable(assets / "kube-apiserver")
+    for name in FIVE:
+        executable(binaries.cache_dir(tmp_path / "home") / "bin" / name)
+    monkeypatch.setenv(binaries.ASSETS_ENV, str(assets))
+    found, missing = binaries.locate(tmp_path / "home")
+    assert missing == []
+    assert {name: source for name, (_, source) in found.items()} == {
+        "etcd": binaries.ASSETS_ENV,
+        "kube-apiserver": binaries.ASSETS_ENV,
+        "kube-controller-manager": "cache",
+        "kube-scheduler": "cache",
+        "kwok": "cache",
+    }
+
+
+def test_the_cache_folder_is_keyed_by_every_pinned_version(tmp_path: Path) -> None:
+    name = binaries.cache_dir(tmp_path).name
+    assert name == "k8s-v1.35.8_etcd-v3.6.5_kwok-v0.8.0"
+
+
+def test_without_go_or_binaries_the_error_names_each_missing_binary_and_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(binaries.ASSETS_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(binaries.BinariesUnavailableError) as caught:
+        binaries.provision(tmp_path / "home")
+    message = str(caught.value)
+    assert "missing control-plane binaries: " + ", ".join(FIVE) in message
+    assert "`go` is not on PATH" in message
+    assert "KUBEBUILDER_ASSETS (unset)" in message
+
+
+def test_lookup_without_building_points_at_make_cluster_bin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(binaries.ASSETS_ENV, raising=False)
+    for name in FIVE[:-1]:
+        executable(binaries.cache_dir(tmp_path) / "bin" / name)
+    with pytest.raises(binaries.BinariesUnavailableError, match=r"binaries: kwok .*cluster-bin"):
+        binaries.provision(tmp_path, build=False)
+
+
+def test_the_kubernetes_version_is_read_from_a_prebuilt_apiserver(tmp_path: Path) -> None:
+    apiserver = executable(tmp_path / "kube-apiserver", "Kubernetes v1.34.2")
+    assert binaries.kubernetes_version_of(apiserver) == "v1.34.2"
+
+
+def test_a_binary_that_prints_no_version_is_refused_by_name(tmp_path: Path) -> None:
+    apiserver = executable(tmp_path / "kube-apiserver", "hello")
+    with pytest.raises(binaries.BinariesUnavailableError, match="kube-apiserver --version"):
+        binaries.kubernetes_version_of(apiserver)
+
+
+def jsii_tarball(path: Path, members: dict[str, bytes]) -> Path:
+    layer = io.BytesIO()
+    with zipfile.ZipFile(layer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(kubetools.LAYER_MEMBER)
+        info.size = len(layer.getvalue())
+        tar.addfile(info, io.BytesIO(layer.getvalue()))
+    return path
+
+
+def test_kubectl_and_helm_are_extracted_from_the_layer_zip_as_executables(tmp_path: Path) -> None:
+    tgz = jsii_tarball(
+        tmp_path / "layer.jsii.tgz",
+        {"kubectl/kubectl": b"KUBECTL", "helm/helm": b"HELM", "awscli/aws": b"AWS"},
+    )
+    kubetools.extract(tgz, tmp_path / "bin")
+    assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == ["helm", "kubectl"]
+    assert (tmp_path / "bin" / "kubectl").read_bytes() == b"KUBECTL"
+    assert (tmp_path / "bin" / "helm").stat().st_mode & 0o111
+
+
+def test_a_layer_without_the_zip_is_refused(tmp_path: Path) -> None:
+    tgz = tmp_path / "empty.jsii.tgz"
+    with tarfile.open(tgz, "w:gz"):
+        pass
+    with pytest.raises(kubetools.ToolsUnavailableError, match=r"has no package/lib/layer\.zip"):
+        kubetools.extract(tgz, tmp_path / "bin")
+
+
+def test_a_layer_zip_without_helm_is_refused_naming_it(tmp_path: Path) -> None:
+    tgz = jsii_tarball(tmp_path / "layer.jsii.tgz", {"kubectl/kubectl": b"KUBECTL"})
+    with pytest.raises(kubetools.ToolsUnavailableError, match="has no helm/helm"):
+        kubetools.extract(tgz, tmp_path / "bin")

@@ -1,0 +1,1 @@
+"""Developer tooling that lives beside the packages (provisioning, not shipped)."""

@@ -1,0 +1,100 @@
+"""`python -m tools.cluster bin|up`: provision the binaries, or run a control plane by hand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from tools.cluster import binaries, gobuild, kubetools, versions
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_bin(args: argparse.Namespace) -> int:
+    """Provision (find or build) every binary and print where each one is."""
+    started = time.monotonic()
+    try:
+        found = binaries.provision(build=True, log=_log)
+    except (
+        binaries.BinariesUnavailableError,
+        gobuild.BuildError,
+        kubetools.ToolsUnavailableError,
+    ) as exc:
+        print(f"cluster-bin: {exc}", file=sys.stderr)
+        if args.optional and not IN_CI and isinstance(exc, binaries.BinariesUnavailableError):
+            print("cluster-bin: the control-plane tests will skip", file=sys.stderr)
+            return 0
+        return 1
+    print(
+        f"control-plane binaries for Kubernetes {found.kubernetes_version} (etcd "
+        f"{versions.ETCD}, kwok {versions.KWOK}), ready in {time.monotonic() - started:.0f}s:"
+    )
+    print(found.describe())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the control plane with its fake nodes and keep it up until Ctrl-C."""
+    from tools.cluster.controlplane import ControlPlane
+
+    try:
+        found = binaries.provision(build=True, log=_log)
+    except (
+        binaries.BinariesUnavailableError,
+        gobuild.BuildError,
+        kubetools.ToolsUnavailableError,
+    ) as exc:
+        print(f"cluster-up: {exc}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    with ControlPlane(found, workdir=args.workdir) as plane:
+        print(
+            f"control plane (Kubernetes {found.kubernetes_version}) up in "
+            f"{time.monotonic() - started:.1f}s; logs in {plane.workdir / 'logs'}"
+        )
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+        print(
+            f"export PATH={found.kubectl.parent}:$PATH   # kubectl {versions.KUBECTL_VERSION},"
+            f" helm {versions.HELM_VERSION}"
+        )
+        print("Ctrl-C stops it and removes every process and file.", flush=True)
+        try:
+            plane.wait()
+        except KeyboardInterrupt:
+            print("\nstopping")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m tools.cluster` parser."""
+    parser = argparse.ArgumentParser(prog="python -m tools.cluster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bin_parser = commands.add_parser("bin", help="find or build every control-plane binary")
+    bin_parser.add_argument(
+        "--optional",
+        action="store_true",
+        help="exit 0 when the binaries cannot be had at all (no Go, no prebuilt), unless CI=true",
+    )
+    bin_parser.set_defaults(handler=cmd_bin)
+    up_parser = commands.add_parser("up", help="run a control plane until Ctrl-C")
+    up_parser.add_argument("--workdir", default=None, help="folder for state (default: temp)")
+    up_parser.set_defaults(handler=cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
