@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from llmstream import __version__
 
 # (module, function) pairs, each adding sub-commands to the top-level parser.
-COMMAND_MODULES: tuple[tuple[str, str], ...] = (("llmstream_inference.cli", "register"),)
+COMMAND_MODULES: tuple[tuple[str, str], ...] = (
+    ("llmstream_inference.cli", "register"),
+    ("llmstream_gateway.cli", "register"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

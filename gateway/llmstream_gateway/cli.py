@@ -1,0 +1,199 @@
+"""`llmstream gateway serve`, `llmstream chat` and `llmstream up`.
+
+Only argparse wiring lives here; each command imports its module when it runs, so the
+umbrella CLI stays quick to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmstream.envargs import add_env_argument
+
+from .config import DEFAULT_PORT
+
+
+def _split_backends(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def register(commands: Any) -> None:
+    """Add `gateway`, `chat` and `up` to the umbrella parser."""
+    gateway = commands.add_parser("gateway", help="the WebSocket/SSE/OpenAI streaming gateway")
+    actions = gateway.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
+    serve = actions.add_parser("serve", help="run the gateway")
+    _serve_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+    chat = commands.add_parser("chat", help="interactive streaming chat over the WebSocket API")
+    chat.add_argument(
+        "url", nargs="?", default=f"ws://127.0.0.1:{DEFAULT_PORT}/v1/ws", help="gateway WS URL"
+    )
+    chat.add_argument("--prompt", help="ask one question, print the answer, exit")
+    chat.add_argument(
+        "--passive",
+        action="store_true",
+        help="run a few built-in questions at once and print TTFT and tokens/s per stream",
+    )
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=None)
+    add_env_argument(chat, "--api-key", help="API key of the gateway")
+    chat.set_defaults(handler=_chat)
+
+    up = commands.add_parser(
+        "up", help="run an inference server on the default model and a gateway in front of it"
+    )
+    up.add_argument("--model", default="builtin://smollm2-135m-instruct")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=DEFAULT_PORT, help="gateway port")
+    up.add_argument("--inference-port", type=int, default=8000)
+    up.set_defaults(handler=_up)
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    add_env_argument(parser, "--host", default="0.0.0.0", help="listen address")
+    add_env_argument(parser, "--port", type=int, default=DEFAULT_PORT, help="listen port")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        dest="backend",
+        default=None,
+        help="static inference backend URL (repeatable) [env LLMSTREAM_BACKENDS, comma-separated]",
+    )
+    add_env_argument(
+        parser,
+        "--discovery",
+        default="static",
+        choices=["static", "kubernetes"],
+        help="where backends come from",
+    )
+    add_env_argument(parser, "--endpoint", default="local", help="LLMEndpoint name")
+    add_env_argument(
+        parser, "--namespace", default=_pod_namespace(), help="namespace of the LLMEndpoint"
+    )
+    add_env_argument(
+        parser,
+        "--inference-service",
+        default=None,
+        help="Service whose EndpointSlices list the backends (<endpoint>-inference)",
+    )
+    add_env_argument(parser, "--max-pending-streams", type=int, default=100, help="hold cap")
+    add_env_argument(
+        parser,
+        "--cold-start-timeout",
+        type=_positive_float,
+        default=600.0,
+        help="seconds a stream is held at zero",
+    )
+    add_env_argument(
+        parser, "--max-streams-per-connection", type=int, default=8, help="WebSocket stream cap"
+    )
+    add_env_argument(
+        parser, "--backend-capacity", type=int, default=80, help="streams one backend takes"
+    )
+    add_env_argument(parser, "--api-key-file", type=Path, default=None, help="file with the key")
+    add_env_argument(
+        parser,
+        "--idle-timeout",
+        type=_positive_float,
+        default=300.0,
+        help="seconds an idle WebSocket (no stream, no frame) stays open",
+    )
+    add_env_argument(
+        parser, "--max-frame-bytes", type=int, default=1 << 20, help="largest client frame"
+    )
+    add_env_argument(parser, "--log-level", default="INFO", help="logging level")
+
+
+def _pod_namespace() -> str:
+    token = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    try:
+        return token.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    path: Path | None = args.api_key_file
+    if path is not None:
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(
+                f"error: cannot read --api-key-file {args.api_key_file}: {exc}"
+            ) from exc
+        if not key:
+            raise SystemExit(f"error: --api-key-file {args.api_key_file} is empty")
+        return key
+    return os.environ.get("LLMSTREAM_API_KEY") or None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from pydantic import ValidationError
+
+    from .config import GatewayConfig
+    from .server import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    backends = args.backend or _split_backends(os.environ.get("LLMSTREAM_BACKENDS", ""))
+    try:
+        config = GatewayConfig(
+            endpoint=args.endpoint,
+            namespace=args.namespace,
+            discovery=args.discovery,
+            backends=tuple(b.rstrip("/") for b in backends),
+            inference_service=args.inference_service,
+            max_pending_streams=args.max_pending_streams,
+            cold_start_timeout_s=args.cold_start_timeout,
+            max_streams_per_connection=args.max_streams_per_connection,
+            backend_capacity=args.backend_capacity,
+            api_key=_api_key(args),
+            idle_timeout_s=args.idle_timeout,
+            max_frame_bytes=args.max_frame_bytes,
+        )
+    except ValidationError as exc:
+        from llmstream.wire import describe_validation_error
+
+        print(f"error: invalid gateway settings: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    if config.discovery == "static" and not config.backends:
+        print("error: give at least one --backend URL (or --discovery kubernetes)", file=sys.stderr)
+        return 2
+    serve(config, args.host, args.port)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import ChatOptions, main
+
+    return main(
+        ChatOptions(
+            url=args.url,
+            api_key=args.api_key,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+        ),
+        prompt=args.prompt,
+        passive_mode=args.passive,
+    )
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .up import run_up
+
+    return run_up(args.model, args.host, args.port, args.inference_port)

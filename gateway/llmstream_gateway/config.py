@@ -1,0 +1,52 @@
+"""Gateway settings: one validated object built by the CLI (or a test) and passed to the app."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+DEFAULT_PORT = 8080
+# The annotation the operator watches to scale an endpoint up from zero replicas.
+WAKE_ANNOTATION = "llmstream.dev/wake-requested-at"
+CRD_GROUP = "llmstream.dev"
+CRD_VERSION = "v1alpha1"
+CRD_PLURAL = "llmendpoints"
+INFERENCE_PORT_NAME = "http"
+
+
+class GatewayConfig(BaseModel):
+    """Everything the gateway app needs to know; flags and env variables map onto these fields
+    (see docs/configuration.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: Annotated[str, Field(min_length=1)] = "local"
+    namespace: Annotated[str, Field(min_length=1)] = "default"
+    discovery: Literal["static", "kubernetes"] = "static"
+    backends: tuple[str, ...] = ()
+    inference_service: str | None = None
+    max_pending_streams: Annotated[int, Field(ge=0)] = 100
+    cold_start_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    max_streams_per_connection: Annotated[int, Field(ge=1)] = 8
+    backend_capacity: Annotated[int, Field(ge=1)] = 80
+    api_key: SecretStr | None = None
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    max_frame_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
+    probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    backend_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @model_validator(mode="after")
+    def _backends_match_discovery(self) -> GatewayConfig:
+        for url in self.backends:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"backend {url!r} must be an http:// or https:// URL")
+        if self.discovery == "kubernetes" and self.backends:
+            raise ValueError("--backend is for static discovery; drop it or use --discovery static")
+        return self
+
+    @property
+    def service_name(self) -> str:
+        """The Service whose EndpointSlices list the inference pods."""
+        return self.inference_service or f"{self.endpoint}-inference"

@@ -1,0 +1,94 @@
+"""Where the backends come from: a static list probed on `/readyz`, or EndpointSlices.
+
+`readiness_from_slices` is the pure half of Kubernetes discovery (EndpointSlice dicts ->
+url -> ready); the watch loop that feeds it lives in `k8s.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+
+from .backends import BackendSet
+from .config import INFERENCE_PORT_NAME
+
+log = logging.getLogger("llmstream.gateway.discovery")
+PROBE_TIMEOUT_S = 2.0
+
+
+def readiness_from_slices(
+    slices: Iterable[Mapping[str, Any]], port_name: str = INFERENCE_PORT_NAME
+) -> dict[str, bool]:
+    """Backend URLs and readiness from EndpointSlice objects (API JSON, camelCase keys).
+
+    The port is the one named `port_name` (or the only port). An endpoint counts as ready
+    when `conditions.ready` is true or absent (the API's meaning of nil) and it is not
+    terminating.
+    """
+    result: dict[str, bool] = {}
+    for item in slices:
+        ports = item.get("ports") or []
+        named = [p for p in ports if p.get("name") == port_name]
+        port = (named or (ports if len(ports) == 1 else [{}]))[0].get("port")
+        if port is None:
+            continue
+        ipv6 = item.get("addressType") == "IPv6"
+        for endpoint in item.get("endpoints") or []:
+            conditions = endpoint.get("conditions") or {}
+            ready = conditions.get("ready") is not False and not conditions.get("terminating")
+            for address in endpoint.get("addresses") or []:
+                host = f"[{address}]" if ipv6 else address
+                url = f"http://{host}:{port}"
+                result[url] = result.get(url, False) or ready
+    return result
+
+
+async def probe(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether the inference server at `url` answers `/readyz` with 200."""
+    try:
+        async with session.get(
+            f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        ) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return False
+
+
+class StaticDiscovery:
+    """Local mode: a fixed list of URLs whose readiness is probed every `interval_s`."""
+
+    def __init__(
+        self,
+        urls: Iterable[str],
+        backends: BackendSet,
+        session: aiohttp.ClientSession,
+        on_ready: Callable[[], None],
+        interval_s: float = 1.0,
+    ) -> None:
+        self.urls = tuple(u.rstrip("/") for u in urls)
+        self.backends = backends
+        self.session = session
+        self.on_ready = on_ready
+        self.interval_s = interval_s
+        backends.update(dict.fromkeys(self.urls, False))
+
+    async def probe_once(self) -> None:
+        """Probe every URL once and apply the result."""
+        results = await asyncio.gather(*(probe(self.session, url) for url in self.urls))
+        readiness = dict(zip(self.urls, results, strict=True))
+        for url, ready in readiness.items():
+            backend = self.backends.backends.get(url)
+            if backend is not None and backend.ready != ready:
+                log.info("backend %s is %s", url, "ready" if ready else "not ready")
+        if self.backends.update(readiness):
+            self.on_ready()
+
+    async def run(self) -> None:
+        """Probe forever (until cancelled)."""
+        while True:
+            await self.probe_once()
+            await asyncio.sleep(self.interval_s)

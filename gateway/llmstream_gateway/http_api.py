@@ -1,0 +1,177 @@
+"""Native HTTP: `POST /v1/generate` (SSE or one JSON answer) and the shared error replies.
+
+Streaming responses start lazily: an error that happens before the first event (overloaded,
+cold-start timeout, bad request at the backend) is answered with a proper HTTP status and
+`{"error":{"code","message"}}` instead of an event inside a 200 response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from llmstream.wire import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    GenerateRequest,
+    GenerateResult,
+    describe_validation_error,
+)
+
+from .metrics import Protocol
+from .protocol import HoldReason, done_frame, error_frame, queued_frame, token_frame
+from .streams import ClientGoneError, StreamRunner
+
+STATUS_BY_CODE = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.CONTEXT_TOO_LONG: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.OVERLOADED: 429,
+    ErrorCode.COLD_START_TIMEOUT: 503,
+    ErrorCode.BACKEND_UNAVAILABLE: 503,
+    ErrorCode.BACKEND_FAILED: 502,
+    ErrorCode.INTERNAL: 500,
+}
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def error_response(
+    code: ErrorCode, message: str, retry_after_s: float | None = None
+) -> web.Response:
+    """`{"error":{"code","message"}}` with the status matching the code (and Retry-After)."""
+    headers = {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after_s)))
+    body = {"error": {"code": code.value, "message": message, "type": code.value}}
+    return web.json_response(body, status=STATUS_BY_CODE[code], headers=headers)
+
+
+async def read_json(request: web.Request) -> object:
+    """The request body as JSON; raises ValueError naming the problem."""
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"request body is not valid JSON: {exc}") from exc
+
+
+class LazyEventStream:
+    """An SSE response opened at the first event; an early error is kept for an HTTP reply."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+        self.early_error: ErrorEvent | None = None
+
+    async def write(self, payload: str) -> None:
+        """Send one already-rendered SSE block (opening the response first if needed)."""
+        try:
+            if self.response is None:
+                self.response = web.StreamResponse(headers=SSE_HEADERS)
+                await self.response.prepare(self.request)
+            await self.response.write(payload.encode())
+        except (ConnectionError, RuntimeError) as exc:
+            raise ClientGoneError(str(exc)) from exc
+
+    async def finish(self) -> web.StreamResponse:
+        """End the stream, or turn an error that came before any event into an HTTP reply."""
+        if self.response is None:
+            event = self.early_error or ErrorEvent(
+                code=ErrorCode.INTERNAL, message="stream ended without a result"
+            )
+            return error_response(event.code, event.message, event.retry_after_s)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.response.write_eof()
+        return self.response
+
+
+class SseSink(LazyEventStream):
+    """Native SSE: `event: token|queued|done|error`, data = the WebSocket frame's JSON."""
+
+    async def queued(self, reason: HoldReason, position: int) -> None:
+        await self.write(f"event: queued\ndata: {queued_frame(None, reason, position)}\n\n")
+
+    async def token(self, text: str, index: int) -> None:
+        await self.write(f"event: token\ndata: {token_frame(None, text, index)}\n\n")
+
+    async def done(self, event: DoneEvent) -> None:
+        await self.write(f"event: done\ndata: {done_frame(event)}\n\n")
+
+    async def error(self, event: ErrorEvent) -> None:
+        if self.response is None:
+            self.early_error = event
+            return
+        data = error_frame(None, event.code, event.message, event.retry_after_s)
+        await self.write(f"event: error\ndata: {data}\n\n")
+
+
+class CollectSink:
+    """Non-streaming: gather the text; the handler answers once the stream ends."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.done_event: DoneEvent | None = None
+        self.error_event: ErrorEvent | None = None
+
+    async def queued(self, reason: HoldReason, position: int) -> None:
+        """Nothing to tell a non-streaming client while it waits."""
+
+    async def token(self, text: str, index: int) -> None:
+        self.parts.append(text)
+
+    async def done(self, event: DoneEvent) -> None:
+        self.done_event = event
+
+    async def error(self, event: ErrorEvent) -> None:
+        self.error_event = event
+
+
+def generate_handler(
+    runner: StreamRunner,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """`POST /v1/generate` bound to a runner."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            body = GenerateRequest.model_validate(await read_json(request))
+        except ValidationError as exc:
+            return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))
+        except ValueError as exc:
+            return error_response(ErrorCode.INVALID_REQUEST, str(exc))
+        protocol: Protocol = "sse"
+        if body.stream:
+            sink = SseSink(request)
+            await runner.run(body, sink, protocol)
+            return await sink.finish()
+        collect = CollectSink()
+        record = await runner.run(body, collect, protocol)
+        return collected_response(record.stream_id, collect)
+
+    return handle
+
+
+def collected_response(stream_id: str, sink: CollectSink) -> web.Response:
+    """The non-streaming answer (or the error the stream ended with)."""
+    if sink.error_event is not None or sink.done_event is None:
+        event = sink.error_event or ErrorEvent(
+            code=ErrorCode.INTERNAL, message="stream ended without a result"
+        )
+        return error_response(event.code, event.message, event.retry_after_s)
+    done = sink.done_event
+    result = GenerateResult(
+        id=stream_id,
+        text="".join(sink.parts),
+        finish_reason=done.finish_reason,
+        usage=done.usage,
+        timing=done.timing,
+    )
+    return web.json_response(text=result.model_dump_json())

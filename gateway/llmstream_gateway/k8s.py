@@ -1,0 +1,162 @@
+"""Kubernetes I/O of the gateway: EndpointSlice watch (backends) and the wake annotation.
+
+Both use the asyncio Kubernetes client with the pod's service account (in-cluster config);
+the decisions they apply are pure (`readiness_from_slices`, `should_wake`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.aio import client as kclient
+from kubernetes.aio import config as kconfig
+from kubernetes.aio import watch as kwatch
+
+from .activator import WAKE_MIN_INTERVAL_S, should_wake
+from .backends import BackendSet
+from .config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION
+from .discovery import readiness_from_slices
+
+log = logging.getLogger("llmstream.gateway.kubernetes")
+WATCH_TIMEOUT_S = 300
+RETRY_DELAY_S = 2.0
+
+
+def incluster_configuration() -> kclient.Configuration:
+    """API server address and service-account credentials of the pod."""
+    configuration = kclient.Configuration()
+    kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return configuration
+
+
+def rfc3339(timestamp: float) -> str:
+    """UTC RFC 3339 with seconds, e.g. `2026-01-02T03:04:05Z`."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def wake_patch(timestamp: float) -> dict[str, Any]:
+    """Merge patch setting the wake annotation on the LLMEndpoint."""
+    return {"metadata": {"annotations": {WAKE_ANNOTATION: rfc3339(timestamp)}}}
+
+
+class KubernetesDiscovery:
+    """Watches the EndpointSlices of the inference Service and updates the backend set."""
+
+    def __init__(
+        self,
+        configuration: kclient.Configuration,
+        namespace: str,
+        service: str,
+        backends: BackendSet,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.configuration = configuration
+        self.namespace = namespace
+        self.selector = f"kubernetes.io/service-name={service}"
+        self.backends = backends
+        self.on_ready = on_ready
+        self.slices: dict[str, dict[str, Any]] = {}
+
+    def _apply(self) -> None:
+        if self.backends.update(readiness_from_slices(self.slices.values())):
+            self.on_ready()
+
+    async def run(self) -> None:
+        """List, then watch, forever; on any error start over after a short delay."""
+        async with kclient.ApiClient(self.configuration) as api:
+            discovery = kclient.DiscoveryV1Api(api)
+            while True:
+                try:
+                    await self._list_and_watch(api, discovery)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the watch must survive API hiccups
+                    log.warning("EndpointSlice watch failed (%r); retrying", exc)
+                    await asyncio.sleep(RETRY_DELAY_S)
+
+    async def _list_and_watch(
+        self, api: kclient.ApiClient, discovery: kclient.DiscoveryV1Api
+    ) -> None:
+        listing = await discovery.list_namespaced_endpoint_slice(
+            self.namespace, label_selector=self.selector
+        )
+        self.slices = {}
+        for item in listing.items:
+            raw: dict[str, Any] = api.sanitize_for_serialization(item)  # type: ignore[no-untyped-call]
+            self.slices[raw["metadata"]["name"]] = raw
+        self._apply()
+        resource_version = listing.metadata.resource_version if listing.metadata else None
+        async with kwatch.Watch() as watcher:  # type: ignore[no-untyped-call]
+            stream = watcher.stream(
+                discovery.list_namespaced_endpoint_slice,
+                self.namespace,
+                label_selector=self.selector,
+                resource_version=resource_version,
+                timeout_seconds=WATCH_TIMEOUT_S,
+            )
+            async for event in stream:
+                raw = event["raw_object"]
+                name = raw["metadata"]["name"]
+                if event["type"] == "DELETED":
+                    self.slices.pop(name, None)
+                else:
+                    self.slices[name] = raw
+                self._apply()
+
+
+class KubernetesWaker:
+    """Patches `llmstream.dev/wake-requested-at` on the LLMEndpoint, at most once a second."""
+
+    def __init__(
+        self,
+        configuration: kclient.Configuration,
+        namespace: str,
+        endpoint: str,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.configuration = configuration
+        self.namespace = namespace
+        self.endpoint = endpoint
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.last_wake: float | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.patches_sent = 0
+
+    def request_wake(self) -> None:
+        """Send the patch in the background unless one went out less than a second ago."""
+        now = self.clock()
+        if not should_wake(now, self.last_wake, WAKE_MIN_INTERVAL_S):
+            return
+        self.last_wake = now
+        task = asyncio.get_running_loop().create_task(self._patch(self.wall_clock()))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _patch(self, timestamp: float) -> None:
+        try:
+            async with kclient.ApiClient(self.configuration) as api:
+                await kclient.CustomObjectsApi(api).patch_namespaced_custom_object(
+                    CRD_GROUP,
+                    CRD_VERSION,
+                    self.namespace,
+                    CRD_PLURAL,
+                    self.endpoint,
+                    wake_patch(timestamp),
+                    _content_type="application/merge-patch+json",
+                )
+            self.patches_sent += 1
+            log.info("asked to wake endpoint %s/%s", self.namespace, self.endpoint)
+        except Exception as exc:  # a failed wake is retried by the next held stream
+            log.warning("could not patch the wake annotation on %s: %r", self.endpoint, exc)
+
+    async def close(self) -> None:
+        """Wait for patches in flight."""
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -1,0 +1,137 @@
+"""Client frames in, gateway frames out (PROTOCOL.md, gateway part). Pure functions only.
+
+The request models come from `llmstream.wire`; this module decides what a WebSocket text frame
+means (JSON frame or plain-mode prompt) and renders the frames sent back. Token frames are the
+hot path, so they are rendered with `json.dumps` on a small dict instead of a model round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from llmstream.wire import (
+    MAX_ID_LENGTH,
+    CancelFrame,
+    ChatMessage,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    GenerateFrame,
+    GenerateRequest,
+    QueuedEvent,
+    describe_validation_error,
+)
+
+FRAME_TYPES = ("generate", "cancel")
+HoldReason = Literal["warming", "capacity"]
+PLAIN_DONE = "[done]"
+
+
+@dataclass(frozen=True)
+class PlainPrompt:
+    """A text frame that is not JSON: a prompt answered in plain mode."""
+
+    text: str
+
+
+ClientFrame = GenerateFrame | CancelFrame | PlainPrompt
+
+
+class FrameError(ValueError):
+    """A frame the gateway cannot act on; `stream_id` is the frame's id when it had one."""
+
+    def __init__(self, message: str, stream_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.stream_id = stream_id
+
+
+def parse_client_frame(text: str) -> ClientFrame:
+    """Interpret one WebSocket text frame.
+
+    A frame starting with `{` or `[` is JSON and must be a valid `generate` or `cancel` object;
+    anything else is a plain-mode prompt. Raises FrameError naming the problem.
+    """
+    stripped = text.lstrip()
+    if not stripped.startswith(("{", "[")):
+        if not stripped:
+            raise FrameError("empty frame: send a prompt or a JSON generate/cancel frame")
+        return PlainPrompt(text.strip())
+    try:
+        raw = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise FrameError(f"frame is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(raw, dict):
+        raise FrameError("a JSON frame must be an object with 'type' and 'id'")
+    stream_id = _frame_id(raw)
+    kind = raw.get("type")
+    if kind is None:
+        raise FrameError("missing field 'type' (expected 'generate' or 'cancel')", stream_id)
+    if kind not in FRAME_TYPES:
+        raise FrameError(f"unknown frame type {kind!r}; expected 'generate' or 'cancel'", stream_id)
+    if "id" not in raw:
+        raise FrameError("missing field 'id': every generate/cancel frame needs one")
+    model = GenerateFrame if kind == "generate" else CancelFrame
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise FrameError(describe_validation_error(exc), stream_id) from exc
+
+
+def _frame_id(raw: dict[str, Any]) -> str | None:
+    value = raw.get("id")
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
+    return None
+
+
+def request_from_frame(frame: GenerateFrame) -> GenerateRequest:
+    """The inference request carried by a generate frame (always streamed to the backend)."""
+    fields = frame.model_dump(exclude={"type", "id"}, exclude_none=True)
+    return GenerateRequest.model_validate({**fields, "stream": True})
+
+
+def request_from_plain(prompt: PlainPrompt) -> GenerateRequest:
+    """Plain mode asks as a chat turn so instruct models answer the way a person expects."""
+    return GenerateRequest(messages=[ChatMessage(role="user", content=prompt.text)], stream=True)
+
+
+def backend_body(request: GenerateRequest) -> bytes:
+    """The JSON body POSTed to the inference server's `/v1/generate` (SSE)."""
+    data = request.model_dump(exclude_none=True)
+    data["stream"] = True
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def token_frame(stream_id: str | None, text: str, index: int) -> str:
+    """`{"type":"token","id":…,"text":…,"index":…}` (hot path)."""
+    return json.dumps(
+        {"type": "token", "id": stream_id, "text": text, "index": index},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def queued_frame(stream_id: str | None, reason: HoldReason, position: int) -> str:
+    """`queued` frame telling the client its stream is held."""
+    return QueuedEvent(id=stream_id, reason=reason, position=position).model_dump_json()
+
+
+def done_frame(event: DoneEvent) -> str:
+    """`done` frame (the event already carries the client's id)."""
+    return event.model_dump_json()
+
+
+def error_frame(
+    stream_id: str | None, code: ErrorCode, message: str, retry_after_s: float | None = None
+) -> str:
+    """`error` frame; `retry_after_s` only when the client should try again later."""
+    event = ErrorEvent(id=stream_id, code=code, message=message, retry_after_s=retry_after_s)
+    data = event.model_dump(mode="json")
+    if retry_after_s is None:
+        del data["retry_after_s"]
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

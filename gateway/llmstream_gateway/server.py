@@ -1,0 +1,257 @@
+"""The gateway's aiohttp application: `create_app(config)` wires the pieces; `serve` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from llmstream.wire import ErrorCode
+
+from .activator import Activator, NoWaker, Waker
+from .auth import key_accepted, presented_key, redact_query
+from .backends import BackendSet
+from .config import GatewayConfig
+from .discovery import StaticDiscovery
+from .http_api import error_response, generate_handler
+from .metrics import GatewayMetrics
+from .openai_api import ModelCatalog, completions_handler
+from .streams import StreamRunner
+from .ws import serve_websocket
+
+log = logging.getLogger("llmstream.gateway")
+# Paths that never need the API key: probes, metrics, and the page (its script sends the key).
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+
+
+class Gateway:
+    """Everything one gateway instance owns. Built by `create_app`; tests reach it through
+    `app[GATEWAY]`."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        waker: Waker | None = None,
+        rng: random.Random | None = None,
+        kube_configuration: Any = None,
+    ) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics(config.endpoint)
+        self.backends = BackendSet(capacity=config.backend_capacity)
+        self.kube_configuration = kube_configuration
+        self.waker = waker or self._default_waker()
+        self.activator = Activator(
+            self.backends,
+            max_pending=config.max_pending_streams,
+            cold_start_timeout_s=config.cold_start_timeout_s,
+            waker=self.waker,
+            rng=rng or random.Random(),
+        )
+        self.metrics.track_pending(lambda: self.activator.pending)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: StreamRunner | None = None
+        self._catalog: ModelCatalog | None = None
+        self.api_key = config.api_key.get_secret_value() if config.api_key else None
+
+    def _default_waker(self) -> Waker:
+        if self.config.discovery != "kubernetes":
+            return NoWaker()
+        from .k8s import KubernetesWaker
+
+        return KubernetesWaker(self._kube(), self.config.namespace, self.config.endpoint)
+
+    def _kube(self) -> Any:
+        if self.kube_configuration is None:
+            from .k8s import incluster_configuration
+
+            self.kube_configuration = incluster_configuration()
+        return self.kube_configuration
+
+    @property
+    def runner(self) -> StreamRunner:
+        assert self._runner is not None, "the gateway app is not started"
+        return self._runner
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: client session and discovery live as long as the app."""
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.config.backend_connect_timeout_s)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        self._runner = StreamRunner(self.activator, self._session, self.metrics)
+        self._catalog = ModelCatalog(self.backends, self._session, self.config.endpoint)
+        discovery = asyncio.create_task(self._discover(), name="backend-discovery")
+        try:
+            yield
+        finally:
+            discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await discovery
+            if hasattr(self.waker, "close"):
+                await self.waker.close()
+            await self._session.close()
+
+    async def _discover(self) -> None:
+        if self.config.discovery == "kubernetes":
+            from .k8s import KubernetesDiscovery
+
+            await KubernetesDiscovery(
+                self._kube(),
+                self.config.namespace,
+                self.config.service_name,
+                self.backends,
+                self.activator.place_waiting,
+            ).run()
+        else:
+            assert self._session is not None
+            await StaticDiscovery(
+                self.config.backends,
+                self.backends,
+                self._session,
+                self.activator.place_waiting,
+                self.config.probe_interval_s,
+            ).run()
+
+    def authorized(self, request: BaseRequest) -> bool:
+        """Whether the request carries the configured API key (always true without one)."""
+        return key_accepted(self.api_key, presented_key(request.headers, request.query))
+
+    # --- handlers -------------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        return await serve_websocket(
+            request, self.runner, self.config, self.metrics, self.authorized(request)
+        )
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        return await generate_handler(self.runner)(request)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await completions_handler(self.runner, "chat", self._model_name)(request)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await completions_handler(self.runner, "completion", self._model_name)(request)
+
+    def _model_name(self) -> str:
+        return self._catalog.default_model() if self._catalog else self.config.endpoint
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        assert self._catalog is not None
+        return await self._catalog.handle(request)
+
+    async def load(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/load` for the autoscaler."""
+        return web.json_response(
+            {
+                "active_streams": self.runner.active,
+                "pending_streams": self.activator.pending,
+                "backends": [
+                    {"url": b.url, "ready": b.ready, "active": b.active, "capacity": b.capacity}
+                    for b in self.backends
+                ],
+            }
+        )
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Ready as soon as it serves: at zero backends it still accepts and holds streams."""
+        ready = sum(1 for b in self.backends if b.ready)
+        return web.json_response({"status": "ready", "backends_ready": ready})
+
+    async def metrics_page(self, request: web.Request) -> web.StreamResponse:
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = importlib.resources.files(__package__).joinpath("static/index.html")
+        return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
+
+    @web.middleware
+    async def auth_middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        # The WebSocket handler checks the key itself so it can close with 4401.
+        if request.path in OPEN_PATHS or request.path == "/v1/ws" or self.authorized(request):
+            return await handler(request)
+        return error_response(ErrorCode.UNAUTHORIZED, "missing or wrong API key")
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    waker: Waker | None = None,
+    rng: random.Random | None = None,
+    kube_configuration: Any = None,
+) -> web.Application:
+    """A gateway application for `config` (tests pass their own waker, rng or API server)."""
+    gateway = Gateway(config, waker=waker, rng=rng, kube_configuration=kube_configuration)
+    app = web.Application(
+        middlewares=[gateway.auth_middleware], client_max_size=config.max_frame_bytes
+    )
+    app[GATEWAY] = gateway
+    app.cleanup_ctx.append(gateway.lifecycle)
+    app.router.add_get("/v1/ws", gateway.websocket)
+    app.router.add_post("/v1/generate", gateway.generate)
+    app.router.add_post("/v1/chat/completions", gateway.chat_completions)
+    app.router.add_post("/v1/completions", gateway.completions)
+    app.router.add_get("/v1/models", gateway.models)
+    app.router.add_get("/v1/load", gateway.load)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_get("/metrics", gateway.metrics_page)
+    app.router.add_get("/", gateway.index)
+    return app
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """Access log without the API key (it may ride in the query string)."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.3fs',
+            request.remote,
+            request.method,
+            redact_query(request.path_qs),
+            response.status,
+            time,
+        )
+
+
+def serve(config: GatewayConfig, host: str, port: int) -> None:
+    """Run the gateway until SIGINT/SIGTERM (uvloop when available)."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    loop = loop_factory() if loop_factory else asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        access_log_class=RedactingAccessLogger,
+        handler_cancellation=True,
+        shutdown_timeout=5.0,
+        print=lambda text: log.info("%s", text),
+        loop=loop,
+    )

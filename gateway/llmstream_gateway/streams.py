@@ -1,0 +1,278 @@
+"""One stream from arrival to its last frame, whatever protocol the client speaks.
+
+`StreamRunner.run` places the stream (via the activator), relays the backend's events to a
+`StreamSink`, retries a stream that failed before its first token once on another backend,
+requeues it when a backend answers 429, and records everything into the metrics. The
+protocol handlers (WebSocket, SSE, OpenAI) only implement the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import aiohttp
+
+from llmstream.wire import DoneEvent, ErrorCode, ErrorEvent, GenerateRequest, Timing, Usage
+
+from .activator import Activator, ColdStartTimeoutError, OverloadedError
+from .backends import Backend
+from .metrics import GatewayMetrics, StreamRecord
+from .metrics import Protocol as Proto
+from .protocol import HoldReason, backend_body
+from .relay import (
+    BackendBrokenError,
+    BackendBusyError,
+    BackendRejectedError,
+    BackendUnavailableError,
+    Token,
+    open_stream,
+    read_events,
+)
+
+log = logging.getLogger("llmstream.gateway")
+
+# A backend that refused a connection is skipped this long before it is tried again.
+CONNECT_FAILURE_COOL_DOWN_S = 1.0
+# 429 answers a stream may collect (each followed by a requeue) before it gives up.
+MAX_BUSY_REQUEUES = 20
+
+
+class ClientGoneError(Exception):
+    """The client went away; nothing more can be sent to it."""
+
+
+class StreamSink(Protocol):
+    """Where a stream's frames go; each protocol renders them its own way. Every method raises
+    ClientGoneError when the client is no longer there."""
+
+    async def queued(self, reason: HoldReason, position: int) -> None:
+        """The stream is held (no backend ready, or all full)."""
+
+    async def token(self, text: str, index: int) -> None:
+        """One token event from the backend."""
+
+    async def done(self, event: DoneEvent) -> None:
+        """The stream finished; `event.id` is None (the sink knows the client's id)."""
+
+    async def error(self, event: ErrorEvent) -> None:
+        """The stream failed; `event.id` is None."""
+
+
+@dataclass
+class StreamControl:
+    """Why the gateway itself cancelled a stream task (None: the client vanished)."""
+
+    cancel_reason: Literal["cancelled", "client_gone"] | None = None
+
+
+@dataclass
+class StreamRunner:
+    """Runs streams against the backends chosen by the activator."""
+
+    activator: Activator
+    session: aiohttp.ClientSession
+    metrics: GatewayMetrics
+    clock: Callable[[], float] = time.monotonic
+    active: int = 0
+
+    async def run(
+        self,
+        request: GenerateRequest,
+        sink: StreamSink,
+        protocol: Proto,
+        *,
+        client_id: str | None = None,
+        control: StreamControl | None = None,
+    ) -> StreamRecord:
+        """Run one stream to its end and return what happened. A client's `cancel` (task
+        cancelled with `control.cancel_reason == "cancelled"`) ends it with a `done` frame of
+        finish_reason `cancelled`; any other cancellation propagates after it is recorded."""
+        control = control or StreamControl()
+        record = StreamRecord(
+            stream_id=uuid.uuid4().hex[:16],
+            protocol=protocol,
+            started=self.clock(),
+            client_id=client_id,
+        )
+        active = self.metrics.active_child[protocol]
+        active.inc()
+        self.active += 1
+        try:
+            await self._run(request, sink, record)
+        except asyncio.CancelledError:
+            if control.cancel_reason != "cancelled":
+                record.outcome = "client_gone"
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            record.outcome = "cancelled"
+            await self._send_cancelled(sink, record)
+        except ClientGoneError:
+            record.outcome = "client_gone"
+        except Exception:
+            log.exception("stream %s failed inside the gateway", record.stream_id)
+            record.outcome = "error"
+            await self._send_error(sink, ErrorCode.INTERNAL, "internal gateway error")
+        finally:
+            active.dec()
+            self.active -= 1
+            record.finished = self.clock()
+            if record.held_warming_since is not None and record.cold_wait_s is None:
+                record.cold_wait_s = record.finished - record.held_warming_since
+            self.metrics.stream_finished(record)
+        return record
+
+    async def _run(self, request: GenerateRequest, sink: StreamSink, record: StreamRecord) -> None:
+        body = backend_body(request)
+
+        async def notify(reason: HoldReason, position: int) -> None:
+            if reason == "warming" and record.held_warming_since is None:
+                record.held_warming_since = self.clock()
+            await sink.queued(reason, position)
+
+        avoid: frozenset[str] = frozenset()
+        failures = busy = 0
+        while True:
+            try:
+                backend = await self.activator.acquire(notify, avoid)
+            except OverloadedError as exc:
+                record.outcome = "rejected"
+                await sink.error(
+                    ErrorEvent(
+                        code=ErrorCode.OVERLOADED, message=str(exc), retry_after_s=exc.retry_after_s
+                    )
+                )
+                return
+            except ColdStartTimeoutError as exc:
+                record.outcome = "cold_start_timeout"
+                await sink.error(ErrorEvent(code=ErrorCode.COLD_START_TIMEOUT, message=str(exc)))
+                return
+            if record.held_warming_since is not None and record.cold_wait_s is None:
+                record.cold_wait_s = self.clock() - record.held_warming_since
+            try:
+                await self._attempt(backend, body, sink, record)
+                return
+            except BackendBusyError as exc:
+                self.metrics.backend_error("busy")
+                self.activator.cool_down(backend, exc.retry_after_s)
+                busy += 1
+                if busy > MAX_BUSY_REQUEUES:
+                    record.outcome = "rejected"
+                    await sink.error(
+                        ErrorEvent(
+                            code=ErrorCode.OVERLOADED,
+                            message="every inference backend is full; try again later",
+                            retry_after_s=exc.retry_after_s,
+                        )
+                    )
+                    return
+            except (BackendUnavailableError, BackendBrokenError) as exc:
+                self.metrics.backend_error(exc.reason)
+                if isinstance(exc, BackendUnavailableError) and exc.reason == "connect":
+                    self.activator.cool_down(backend, CONNECT_FAILURE_COOL_DOWN_S)
+                log.warning("stream %s: %s", record.stream_id, exc)
+                record.outcome = "error"
+                if record.token_events:
+                    await sink.error(
+                        ErrorEvent(
+                            code=ErrorCode.BACKEND_FAILED,
+                            message="the inference backend failed mid-stream; the answer is "
+                            "incomplete",
+                        )
+                    )
+                    return
+                failures += 1
+                if failures > 1:
+                    await sink.error(
+                        ErrorEvent(
+                            code=ErrorCode.BACKEND_UNAVAILABLE,
+                            message=f"no inference backend could serve the stream: {exc}",
+                        )
+                    )
+                    return
+            finally:
+                self.activator.release(backend)
+            avoid = avoid | {backend.url}
+
+    async def _attempt(
+        self, backend: Backend, body: bytes, sink: StreamSink, record: StreamRecord
+    ) -> None:
+        """One try on one backend; raises the relay's Backend* errors."""
+        try:
+            response = await open_stream(self.session, backend.url, body, record.stream_id)
+        except BackendRejectedError as exc:
+            record.outcome = "error"
+            await sink.error(exc.event)
+            return
+        finished = False
+        try:
+            itl = self.metrics.itl_child[record.protocol]
+            async for batch in read_events(response):
+                for event in batch:
+                    if type(event) is Token:
+                        now = self.clock()
+                        if record.last_token_at is None:
+                            record.first_token_at = now
+                        else:
+                            gap = now - record.last_token_at
+                            itl.observe(gap)
+                            record.itl_total_s += gap
+                        record.last_token_at = now
+                        record.token_events += 1
+                        await sink.token(event.text, event.index)
+                    elif isinstance(event, DoneEvent):
+                        finished = True
+                        await self._finish(event, sink, record)
+                        return
+                    elif isinstance(event, ErrorEvent):
+                        finished = True
+                        record.outcome = "error"
+                        await sink.error(event)
+                        return
+            raise BackendBrokenError("disconnect", f"{backend.url} ended the stream without 'done'")
+        finally:
+            if finished:
+                response.release()
+            else:
+                # Closing the connection is what cancels the sequence in the engine.
+                response.close()
+
+    async def _finish(self, event: DoneEvent, sink: StreamSink, record: StreamRecord) -> None:
+        now = self.clock()
+        record.outcome = "completed"
+        record.prompt_tokens = event.usage.prompt_tokens
+        record.completion_tokens = event.usage.completion_tokens
+        ttft = record.ttft_s
+        timing = Timing(
+            ttft_ms=None if ttft is None else round(ttft * 1000, 3),
+            duration_ms=round((now - record.started) * 1000, 3),
+        )
+        await sink.done(event.model_copy(update={"id": None, "timing": timing}))
+
+    async def _send_cancelled(self, sink: StreamSink, record: StreamRecord) -> None:
+        ttft = record.ttft_s
+        event = DoneEvent(
+            finish_reason="cancelled",
+            usage=Usage(prompt_tokens=record.prompt_tokens, completion_tokens=record.token_events),
+            timing=Timing(
+                ttft_ms=None if ttft is None else round(ttft * 1000, 3),
+                duration_ms=round((self.clock() - record.started) * 1000, 3),
+            ),
+        )
+        try:
+            await sink.done(event)
+        except ClientGoneError:
+            record.outcome = "client_gone"
+
+    @staticmethod
+    async def _send_error(sink: StreamSink, code: ErrorCode, message: str) -> None:
+        with contextlib.suppress(ClientGoneError):
+            await sink.error(ErrorEvent(code=code, message=message))

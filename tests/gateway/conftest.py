@@ -1,0 +1,63 @@
+"""Fixtures of the gateway tests: scripted fake inference backends and in-process gateways."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from gateway_support import FakeBackend, RunningGateway, free_port, wait_for
+from llmstream_gateway.config import GatewayConfig
+from llmstream_gateway.server import GATEWAY, create_app
+
+BackendFactory = Callable[..., Awaitable[FakeBackend]]
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def fake_backend() -> AsyncIterator[BackendFactory]:
+    """Start scripted fake backends: `await fake_backend(mode="fail_after", delay_s=0.1)`."""
+    started: list[FakeBackend] = []
+
+    async def start(**settings: Any) -> FakeBackend:
+        backend = await FakeBackend(**settings).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        await backend.stop()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[GatewayFactory]:
+    """Start in-process gateways: `await gateway(backends=(url,), max_pending_streams=2)`.
+    Probing is fast (50 ms) so tests see backends come and go quickly."""
+    started: list[web.AppRunner] = []
+
+    async def start(**settings: Any) -> RunningGateway:
+        waker = settings.pop("waker", None)
+        settings.setdefault("probe_interval_s", 0.05)
+        app = create_app(GatewayConfig(**settings), waker=waker, rng=random.Random(7))
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        started.append(runner)
+        running = RunningGateway(f"http://127.0.0.1:{port}", app[GATEWAY], runner)
+        if settings.get("backends"):
+            await wait_for(lambda: any(b.ready for b in running.gateway.backends), within_s=5)
+        return running
+
+    yield start
+    for runner in started:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
