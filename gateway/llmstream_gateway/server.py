@@ -235,6 +235,12 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )
 
 
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner every gateway uses: handlers are cancelled when their client disconnects
+    (so held and streaming requests notice), and the access log never shows the API key."""
+    return web.AppRunner(app, handler_cancellation=True, access_log_class=RedactingAccessLogger)
+
+
 def serve(config: GatewayConfig, host: str, port: int) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvloop when available)."""
     try:

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from gateway_support import FakeBackend, RunningGateway, free_port, wait_for
 from llmstream_gateway.config import GatewayConfig
-from llmstream_gateway.server import GATEWAY, create_app
+from llmstream_gateway.server import GATEWAY, app_runner, create_app
 
 BackendFactory = Callable[..., Awaitable[FakeBackend]]
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
@@ -34,21 +34,23 @@ async def fake_backend() -> AsyncIterator[BackendFactory]:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[GatewayFactory]:
-    """Start in-process gateways: `await gateway(backends=(url,), max_pending_streams=2)`.
+    """Start in-process gateways: `await gateway(backends=(url,), max_pending_streams=2)`;
+    it returns once a backend is ready unless `await_ready=False`.
     Probing is fast (50 ms) so tests see backends come and go quickly."""
     started: list[web.AppRunner] = []
 
     async def start(**settings: Any) -> RunningGateway:
         waker = settings.pop("waker", None)
+        await_ready = settings.pop("await_ready", True)
         settings.setdefault("probe_interval_s", 0.05)
         app = create_app(GatewayConfig(**settings), waker=waker, rng=random.Random(7))
-        runner = web.AppRunner(app, handler_cancellation=True)
+        runner = app_runner(app)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         started.append(runner)
         running = RunningGateway(f"http://127.0.0.1:{port}", app[GATEWAY], runner)
-        if settings.get("backends"):
+        if await_ready and settings.get("backends"):
             await wait_for(lambda: any(b.ready for b in running.gateway.backends), within_s=5)
         return running
 

@@ -1,0 +1,143 @@
+"""Native SSE `/v1/generate`, the OpenAI-compatible endpoints and `/v1/load` (fake backend)."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, object]]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+async def test_sse_generate_streams_token_events_then_done(fake_backend, gateway, http):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    response = await http.post(gw.url + "/v1/generate", json={"prompt": "hi", "stream": True})
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    events = sse_events(await response.text())
+    assert [name for name, _ in events] == ["token"] * 5 + ["done"]
+    assert events[0][1] == {"type": "token", "id": None, "text": "Hello", "index": 0}
+    assert events[-1][1]["finish_reason"] == "length"
+
+
+async def test_non_streaming_generate_answers_the_whole_text(fake_backend, gateway, http):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    response = await http.post(gw.url + "/v1/generate", json={"prompt": "hi"})
+    body = await response.json()
+    assert response.status == 200
+    assert body["text"] == "Hello there, friend!"
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 5}
+    assert set(body) == {"id", "text", "finish_reason", "usage", "timing"}
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({"prompt": "hi", "params": {"top_p": 2}}, "params.top_p"),
+        ({"prompt": "hi", "temperature": 1}, "temperature: unknown field"),
+        ({"messages": []}, "messages"),
+    ],
+)
+async def test_bad_generate_body_is_a_400_naming_the_field(
+    fake_backend, gateway, http, body, names
+):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    response = await http.post(gw.url + "/v1/generate", json=body)
+    error = (await response.json())["error"]
+    assert response.status == 400
+    assert error["code"] == "invalid_request"
+    assert names in error["message"]
+
+
+async def test_body_that_is_not_json_is_a_400(fake_backend, gateway, http):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    response = await http.post(gw.url + "/v1/generate", data=b"{not json")
+    assert response.status == 400
+    assert "not valid JSON" in (await response.json())["error"]["message"]
+
+
+async def test_sse_stream_over_the_pending_cap_is_a_429_with_retry_after(
+    fake_backend, gateway, http
+):
+    backend = await fake_backend(ready=False)
+    gw = await gateway(await_ready=False, backends=(backend.url,), max_pending_streams=0)
+    response = await http.post(gw.url + "/v1/generate", json={"prompt": "hi", "stream": True})
+    assert response.status == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert (await response.json())["error"]["code"] == "overloaded"
+
+
+async def test_load_reports_active_and_pending_streams_and_backends(fake_backend, gateway, http):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,), backend_capacity=7)
+    load = await (await http.get(gw.url + "/v1/load")).json()
+    assert load == {
+        "active_streams": 0,
+        "pending_streams": 0,
+        "backends": [{"url": backend.url, "ready": True, "active": 0, "capacity": 7}],
+    }
+
+
+async def test_openai_sdk_chat_completion_streaming_and_not(fake_backend, gateway):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused")
+    answer = await client.chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+    )
+    assert answer.choices[0].message.content == "Hello there, friend!"
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == 5
+    stream = await client.chat.completions.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == "Hello there, friend!"
+    assert finish == "length"
+    assert usage is not None
+    assert usage.total_tokens == 8
+    assert backend.bodies[0]["params"]["max_new_tokens"] == 5
+    assert backend.bodies[0]["messages"] == [{"role": "user", "content": "hi"}]
+    await client.close()
+
+
+async def test_openai_sdk_completions_and_models(fake_backend, gateway):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused")
+    completion = await client.completions.create(model="fake-model", prompt="Once", max_tokens=4)
+    assert completion.choices[0].text == "Hello there, friend!"
+    models = await client.models.list()
+    assert [m.id for m in models.data] == ["fake-model"]
+    await client.close()
+
+
+async def test_openai_unsupported_parameter_is_a_400_naming_it(fake_backend, gateway):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="n: Input should be 1"):
+        await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], n=2
+        )
+    await client.close()
