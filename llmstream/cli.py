@@ -18,6 +18,7 @@ from llmstream import __version__
 COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("llmstream_inference.cli", "register"),
     ("llmstream_gateway.cli", "register"),
+    ("llmstream_operator.cli", "register"),
 )
 
 

@@ -1,0 +1,142 @@
+"""`llmstream operator run`: the kopf operator with liveness and metrics endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from llmstream.envargs import add_env_argument
+
+from . import names
+from .runtime import DEFAULT_INTERVAL_SECONDS, DEFAULT_LIVENESS_PORT, DEFAULT_METRICS_PORT
+
+ENV_PREFIX = "LLMSTREAM_OPERATOR"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text}")
+    return value
+
+
+def register(commands: Any) -> None:
+    """Add the `operator` command group to the umbrella parser."""
+    operator = commands.add_parser("operator", help="run the LLMEndpoint operator")
+    actions = operator.add_subparsers(dest="operator_command", metavar="ACTION", required=True)
+    run = actions.add_parser(
+        "run",
+        help="reconcile LLMEndpoints and autoscale them (kopf, standalone)",
+        description="Flags can also be set as LLMSTREAM_OPERATOR_<FLAG> variables.",
+    )
+    scope = run.add_mutually_exclusive_group()
+    add_env_argument(
+        scope,
+        "--namespace",
+        prefix=ENV_PREFIX,
+        help="watch only these namespaces (comma-separated)",
+    )
+    scope.add_argument(
+        "--all-namespaces", action="store_true", help="watch every namespace (the default)"
+    )
+
+    def env(flag: str, **kwargs: Any) -> None:
+        add_env_argument(run, flag, prefix=ENV_PREFIX, **kwargs)
+
+    env("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    env("--context", help="kubeconfig context")
+    env(
+        "--interval",
+        type=_positive,
+        default=DEFAULT_INTERVAL_SECONDS,
+        help="seconds between autoscaler ticks",
+    )
+    env(
+        "--inference-image",
+        default=names.DEFAULT_INFERENCE_IMAGE,
+        help="inference image (spec.image overrides it)",
+    )
+    env("--gateway-image", default=names.DEFAULT_GATEWAY_IMAGE, help="gateway image")
+    env(
+        "--image-pull-policy",
+        default="IfNotPresent",
+        choices=["Always", "IfNotPresent", "Never"],
+        help="pull policy of both images",
+    )
+    env(
+        "--shutdown-grace-seconds",
+        type=int,
+        default=30,
+        help="time running streams get to finish when an inference pod stops",
+    )
+    env("--metrics-host", default="0.0.0.0", help="address of the /metrics server")
+    env(
+        "--metrics-port",
+        type=_port,
+        default=DEFAULT_METRICS_PORT,
+        help="port of the /metrics server (0: off)",
+    )
+    env(
+        "--liveness-port",
+        type=_port,
+        default=DEFAULT_LIVENESS_PORT,
+        help="port of kopf's /healthz liveness endpoint (0: off)",
+    )
+    env(
+        "--load-timeout",
+        type=_positive,
+        default=1.0,
+        help="seconds to wait for a gateway's /v1/load",
+    )
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from .app import create_runtime, run_operator
+    from .builders import BuildSettings
+    from .kube import KubeConfigError, discover_access
+    from .runtime import OperatorSettings
+
+    namespaces = tuple(
+        n.strip()
+        for n in (args.namespace or "").split(",")
+        if n.strip() and not args.all_namespaces
+    )
+    settings = OperatorSettings(
+        namespaces=namespaces,
+        interval=args.interval,
+        build=BuildSettings(
+            inference_image=args.inference_image,
+            gateway_image=args.gateway_image,
+            image_pull_policy=args.image_pull_policy,
+            shutdown_grace_seconds=args.shutdown_grace_seconds,
+        ),
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port or None,
+        liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz"
+        if args.liveness_port
+        else None,
+        load_timeout=args.load_timeout,
+    )
+    try:
+        access = discover_access(args.kubeconfig, args.context)
+    except KubeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kopf.configure(verbose=args.verbose)
+    scope = ", ".join(namespaces) if namespaces else "all namespaces"
+    print(f"llmstream operator: {access.server}, watching {scope}", file=sys.stderr)
+    asyncio.run(run_operator(create_runtime(settings, access)))
+    return 0

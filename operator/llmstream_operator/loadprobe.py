@@ -1,0 +1,96 @@
+"""Reads each gateway pod's `GET /v1/load` and sums the streams (thin I/O for the autoscaler)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import names
+from .policy import LoadSample
+
+logger = logging.getLogger(__name__)
+
+
+class LoadReport(BaseModel):
+    """The gateway's `/v1/load` answer (PROTOCOL.md); extra fields are tolerated."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    active_streams: int = Field(ge=0)
+    pending_streams: int = Field(ge=0)
+    backends: list[Any] = Field(default_factory=list)
+
+
+class LoadProbe(Protocol):
+    """Something that measures the load behind a set of gateway addresses."""
+
+    async def sample(self, urls: Sequence[str], now: float) -> LoadSample | None:
+        """The summed load, or None when any gateway could not be read."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+def gateway_urls(slice_body: Mapping[str, Any]) -> list[str]:
+    """Base URLs of the ready endpoints of one EndpointSlice of a gateway Service."""
+    ports = [
+        p.get("port")
+        for p in slice_body.get("ports") or []
+        if p.get("name") == names.PORT_NAME and p.get("port")
+    ]
+    urls = []
+    for port in ports:
+        for endpoint in slice_body.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            for address in endpoint.get("addresses") or []:
+                host = f"[{address}]" if ":" in address else address
+                urls.append(f"http://{host}:{port}")
+    return urls
+
+
+class HttpLoadProbe:
+    """Polls every gateway pod concurrently with a short timeout."""
+
+    def __init__(self, *, timeout: float = 1.0) -> None:
+        self._http = httpx.AsyncClient(timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _read(self, url: str) -> LoadReport | None:
+        try:
+            response = await self._http.get(f"{url}/v1/load")
+            response.raise_for_status()
+            return LoadReport.model_validate_json(response.content)
+        except (httpx.HTTPError, ValidationError) as exc:
+            logger.warning("cannot read gateway load from %s: %s", url, exc)
+            return None
+
+    async def sample(self, urls: Sequence[str], now: float) -> LoadSample | None:
+        """Sum of all gateways; None if there is none or one did not answer.
+
+        A partial sum would under-count the load and could scale an endpoint down while its
+        streams run on the gateway that did not answer.
+        """
+        if not urls:
+            return None
+        reports = await asyncio.gather(*(self._read(url) for url in urls))
+        return summed(reports, now)
+
+
+def summed(reports: Iterable[LoadReport | None], now: float) -> LoadSample | None:
+    """Add the reports up; None when any is missing."""
+    active = pending = 0
+    for report in reports:
+        if report is None:
+            return None
+        active += report.active_streams
+        pending += report.pending_streams
+    return LoadSample(at=now, active=active, pending=pending)
