@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmstream.envargs import add_env_argument, parse_bool
+
 
 def register(commands: Any) -> None:
     """Add the `model` and `inference` command groups to the umbrella parser."""
@@ -29,6 +31,127 @@ def register(commands: Any) -> None:
     resolve = model_cmds.add_parser("resolve", help="print the local folder of a model source")
     resolve.add_argument("source")
     resolve.set_defaults(handler=_resolve)
+
+    inference = commands.add_parser("inference", help="run the streaming inference server")
+    inference_cmds = inference.add_subparsers(
+        dest="inference_command", metavar="ACTION", required=True
+    )
+    serve = inference_cmds.add_parser(
+        "serve",
+        help="serve a model over HTTP (native SSE + OpenAI-compatible API)",
+        description="Every flag can also be set with LLMSTREAM_<FLAG> (see docs/configuration.md).",
+    )
+    _serve_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from .models.sources import DEFAULT_SOURCE
+
+    add_env_argument(p, "--model", default=DEFAULT_SOURCE, help="model source")
+    add_env_argument(p, "--model-name", default="", help="name reported by the API")
+    add_env_argument(p, "--host", default="0.0.0.0", help="listen address")
+    add_env_argument(p, "--port", type=int, default=8000, help="listen port")
+    add_env_argument(p, "--device", default="auto", help="auto | cpu | cuda[:n]")
+    add_env_argument(p, "--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
+    add_env_argument(p, "--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_env_argument(p, "--max-batch-size", type=int, default=16, help="sequences per step")
+    add_env_argument(p, "--max-waiting", type=int, default=64, help="queued before 429")
+    add_env_argument(p, "--max-new-tokens-limit", type=int, default=1024, help="cap per request")
+    add_env_argument(
+        p, "--max-context-tokens", type=int, default=0, help="prompt+output cap (0: model's)"
+    )
+    add_env_argument(p, "--prefill-chunk-tokens", type=int, default=256, help="prefill per step")
+    add_env_argument(p, "--default-max-new-tokens", type=int, default=256, help="")
+    add_env_argument(p, "--default-temperature", type=float, default=0.7, help="")
+    add_env_argument(p, "--default-top-p", type=float, default=0.95, help="")
+    add_env_argument(
+        p, "--shutdown-grace-seconds", type=float, default=30.0, help="SIGTERM drain time"
+    )
+    add_env_argument(
+        p, "--allow-download", type=parse_bool, default=True, help="fetch hf:// models"
+    )
+    add_env_argument(p, "--log-level", default="info", help="debug | info | warning")
+
+
+def _check_limits(args: argparse.Namespace) -> str | None:
+    positive = ("max_batch_size", "max_new_tokens_limit", "default_max_new_tokens",
+                "prefill_chunk_tokens")  # fmt: skip
+    for name in positive:
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})"
+    for name in ("max_waiting", "max_context_tokens", "threads"):
+        if getattr(args, name) < 0:
+            return f"--{name.replace('_', '-')} must not be negative (got {getattr(args, name)})"
+    if not 0 < args.default_top_p <= 1:
+        return f"--default-top-p must be in (0, 1] (got {args.default_top_p})"
+    if args.default_temperature < 0:
+        return f"--default-temperature must not be negative (got {args.default_temperature})"
+    if args.default_max_new_tokens > args.max_new_tokens_limit:
+        return "--default-max-new-tokens must not exceed --max-new-tokens-limit"
+    return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from .engine import EngineConfig
+    from .models.default import NAME as DEFAULT_NAME
+    from .models.default import pull_default
+    from .models.sources import ModelSourceError, parse_source, resolve_source
+    from .runner import RunnerConfig
+    from .sampling import Defaults
+    from .server import ServerConfig, create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    problem = _check_limits(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        source = parse_source(args.model)
+        if source.scheme == "builtin" and source.name == DEFAULT_NAME:
+            folder = pull_default()  # instant when provisioned (or baked into the image)
+        else:
+            folder = resolve_source(source, allow_download=args.allow_download)
+    except (ModelSourceError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = args.model_name or (
+        source.name.split("/")[-1] if source.scheme != "file" else folder.name
+    )
+    config = ServerConfig(
+        model_path=folder,
+        model_name=name,
+        runner=RunnerConfig(device=args.device, dtype=args.dtype, threads=args.threads),
+        engine=EngineConfig(
+            max_batch_size=args.max_batch_size,
+            max_waiting=args.max_waiting,
+            max_context_tokens=args.max_context_tokens or None,
+            prefill_chunk_tokens=args.prefill_chunk_tokens,
+        ),
+        defaults=Defaults(
+            max_new_tokens=args.default_max_new_tokens,
+            temperature=args.default_temperature,
+            top_p=args.default_top_p,
+            max_new_tokens_limit=args.max_new_tokens_limit,
+        ),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=int(args.shutdown_grace_seconds),
+        )
+    )
+    server.run()
+    return 0
 
 
 def _pull_default(args: argparse.Namespace) -> int:

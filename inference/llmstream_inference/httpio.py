@@ -1,0 +1,81 @@
+"""HTTP plumbing shared by the native and OpenAI-compatible routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from llmstream.wire import ErrorCode
+
+from .engine import Failed, Finished, Stream, TokenDelta
+from .errors import ApiError, invalid
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse a JSON body into `model`; malformed JSON is 400, invalid fields 422."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400, ErrorCode.INVALID_REQUEST, f"the body is not valid JSON: {exc}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+
+def sse(event: str, payload: BaseModel | dict[str, Any] | str) -> bytes:
+    """One server-sent event."""
+    if isinstance(payload, BaseModel):
+        data = payload.model_dump_json(exclude_none=True)
+    elif isinstance(payload, dict):
+        data = json.dumps(payload, separators=(",", ":"))
+    else:
+        data = payload
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {data}\n\n".encode()
+
+
+async def until_disconnected(request: Request, work: Awaitable[Any], stream: Stream) -> Any:
+    """Await `work`; if the client goes away first, cancel the stream and give up."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        # The body was read already, so the next ASGI message can only be the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        stream.cancel()
+        raise ApiError(499, ErrorCode.INVALID_REQUEST, "client closed the request")
+    return task.result()
+
+
+async def collect(stream: Stream) -> tuple[str, Finished]:
+    """Run a stream to the end; its text and the final event (Failed -> ApiError 500)."""
+    parts: list[str] = []
+    async for event in stream:
+        if isinstance(event, TokenDelta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            return "".join(parts), event
+        elif isinstance(event, Failed):
+            raise ApiError(500, ErrorCode.INTERNAL, event.message)
+    raise ApiError(500, ErrorCode.INTERNAL, "the stream ended without a result")

@@ -1,0 +1,142 @@
+"""The model runner: load a causal LM and run one forward pass (prefill chunk or decode step).
+
+It knows tensors and nothing about requests, HTTP or scheduling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from .kvcache import BatchKVCache
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where and how the model runs."""
+
+    device: str = "auto"  # auto | cpu | cuda[:n]
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+
+
+def pick_device(requested: str) -> torch.device:
+    """`auto` means CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available here")
+    return device
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU."""
+    if requested == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if requested not in DTYPES:
+        raise ValueError(f"dtype {requested!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[requested]
+
+
+class ModelRunner:
+    """A loaded model plus its tokenizer; forward passes only."""
+
+    def __init__(self, folder: Path, config: RunnerConfig = RunnerConfig()) -> None:
+        started = time.monotonic()
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(folder))
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=self.dtype, attn_implementation="sdpa"
+        )
+        self.model: Any = model.to(self.device)
+        self.model.eval()
+        text_config = self.model.config.get_text_config(decoder=True)
+        layer_types = getattr(text_config, "layer_types", None) or []
+        if any(kind != "full_attention" for kind in layer_types):
+            raise ValueError(
+                f"model at {folder} uses {sorted(set(layer_types))} layers; the llmstream engine "
+                "supports decoder-only models with full attention in every layer"
+            )
+        self.num_layers: int = text_config.num_hidden_layers
+        self.max_positions: int = getattr(text_config, "max_position_embeddings", 2048)
+        self.eos_ids = self._eos_ids()
+        self.load_seconds = time.monotonic() - started
+        log.info(
+            "loaded %s on %s (%s) in %.1fs", folder, self.device, self.dtype, self.load_seconds
+        )
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, list):
+                ids.update(int(i) for i in source)
+        return frozenset(ids)
+
+    def new_batch(self, max_batch: int, capacity: int = 512) -> BatchKVCache:
+        """An empty batch cache for up to `max_batch` sequences."""
+        return BatchKVCache(
+            self.num_layers, max_batch, capacity, device=self.device, dtype=self.dtype
+        )
+
+    @torch.inference_mode()
+    def prefill(
+        self, ids: list[int], cache: DynamicCache | None, start: int
+    ) -> tuple[DynamicCache, torch.Tensor]:
+        """Run prompt tokens `ids` (positions from `start`) into `cache`; logits of the last."""
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device).unsqueeze(0)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return cache, out.logits[0, -1, :]
+
+    @staticmethod
+    def cache_rows(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of a single-sequence prefill cache."""
+        rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer in cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is None or values is None:
+                raise ValueError("prefill cache has a layer without keys/values")
+            rows.append((keys, values))
+        return rows
+
+    @torch.inference_mode()
+    def decode(self, batch: BatchKVCache, tokens: list[int]) -> torch.Tensor:
+        """One decode step for every row of `batch`; returns logits [rows, vocab]."""
+        mask, positions = batch.step_inputs()
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=batch,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        batch.advance()
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits

@@ -1,0 +1,256 @@
+"""The inference server's HTTP API (FastAPI app factory).
+
+HTTP <-> engine streams only: tensors live in the runner, scheduling in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from llmstream.wire import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    GenerateInput,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    Timing,
+    TokenEvent,
+    Usage,
+)
+
+from .engine import (
+    Engine,
+    EngineConfig,
+    EngineDrainingError,
+    EngineFullError,
+    Finished,
+    PromptTooLongError,
+    Stream,
+    TokenDelta,
+)
+from .errors import ApiError
+from .httpio import collect, parse_body, sse, until_disconnected
+from .metrics import InferenceMetrics
+from .openai_api import add_openai_routes
+from .prompts import PromptBuilder
+from .runner import ModelRunner, RunnerConfig
+from .sampling import Defaults, ParameterError, ResolvedSampling, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the inference server needs to start."""
+
+    model_path: Path
+    model_name: str
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    defaults: Defaults = field(default_factory=Defaults)
+    warmup: bool = True
+
+
+class ServerState:
+    """The loaded model and engine, created in the background after start-up."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = InferenceMetrics(config.model_name)
+        self.engine: Engine | None = None
+        self.prompts: PromptBuilder | None = None
+        self.ready = False
+        self.load_error: str | None = None
+        self._ids = itertools.count(1)
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}-{int(time.time())}-{next(self._ids)}"
+
+    def load(self) -> None:
+        """Load the model, start the engine and warm it up (blocking; run in a thread)."""
+        runner = ModelRunner(self.config.model_path, self.config.runner)
+        self.metrics.load_seconds.labels(self.config.model_name).set(runner.load_seconds)
+        engine = Engine(runner, self.config.engine, self.metrics)
+        self.metrics.bind_queue_gauges(lambda: engine.running, lambda: engine.waiting)
+        self.prompts = PromptBuilder(runner.tokenizer)
+        engine.start()
+        self.engine = engine
+        if self.config.warmup:
+            self._warm_up(engine)
+        self.ready = True
+
+    def _warm_up(self, engine: Engine) -> None:
+        """One short generation so the first real request does not pay for lazy set-up."""
+        done = asyncio.run(_drain(engine, self.prompts_or_fail().text_ids("Hello")))
+        log.info("warm-up generated %d tokens", done)
+
+    def prompts_or_fail(self) -> PromptBuilder:
+        if self.prompts is None:
+            raise ApiError(503, ErrorCode.BACKEND_UNAVAILABLE, "the model is still loading")
+        return self.prompts
+
+    def engine_or_fail(self) -> Engine:
+        if self.engine is None or not self.ready:
+            raise ApiError(503, ErrorCode.BACKEND_UNAVAILABLE, "the model is still loading")
+        return self.engine
+
+    def prepare(self, request: GenerateInput) -> tuple[list[int], ResolvedSampling]:
+        """Token ids and resolved sampling for a request, or an ApiError naming the problem."""
+        engine = self.engine_or_fail()
+        try:
+            sampling = resolve(request.params, self.config.defaults)
+        except ParameterError as exc:
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, str(exc), param=exc.field) from exc
+        ids = self.prompts_or_fail().input_ids(request)
+        try:
+            engine.check_prompt(len(ids))
+        except PromptTooLongError as exc:
+            raise ApiError(400, ErrorCode.CONTEXT_TOO_LONG, str(exc)) from exc
+        return ids, sampling
+
+    def open(self, request: GenerateInput) -> Stream:
+        """Admit a request into the engine (429/503 as ApiError)."""
+        ids, sampling = self.prepare(request)
+        try:
+            return self.engine_or_fail().open(ids, sampling)
+        except EngineFullError as exc:
+            raise ApiError(
+                429, ErrorCode.OVERLOADED, str(exc), retry_after_s=exc.retry_after_s
+            ) from exc
+        except EngineDrainingError as exc:
+            raise ApiError(503, ErrorCode.BACKEND_UNAVAILABLE, str(exc)) from exc
+
+
+async def _drain(engine: Engine, ids: list[int]) -> int:
+    sampling = resolve(SamplingParams(max_new_tokens=2, temperature=0), Defaults())
+    count = 0
+    async for event in engine.open(ids, sampling):
+        if isinstance(event, Finished):
+            count = event.completion_tokens
+    return count
+
+
+def timing(event: Finished) -> Timing:
+    ttft = None if event.ttft_s is None else round(event.ttft_s * 1000, 3)
+    return Timing(ttft_ms=ttft, duration_ms=round(event.duration_s * 1000, 3))
+
+
+def usage(event: Finished) -> Usage:
+    return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens)
+
+
+def create_app(config: ServerConfig, *, load_in_background: bool = True) -> FastAPI:
+    """Build the inference server app; the model loads after start-up (see /readyz)."""
+    state = ServerState(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.ensure_future(asyncio.to_thread(_load_or_record, state))
+        if not load_in_background:
+            await loader
+        yield
+        if state.engine is not None:
+            state.engine.draining = True
+            state.engine.stop()
+        loader.cancel()
+
+    app = FastAPI(title="llmstream inference", lifespan=lifespan)
+    app.state.llm = state
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        if state.load_error is not None:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=500)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        engine = state.engine
+        if state.ready and engine is not None and not engine.draining:
+            return JSONResponse(
+                {"status": "ready", "running": engine.running, "waiting": engine.waiting}
+            )
+        reason = state.load_error or ("draining" if engine and engine.draining else "loading")
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/generate")
+    async def generate(request: Request) -> Response:
+        body = await parse_body(request, GenerateRequest)
+        stream = state.open(body)
+        request_id = state.next_id("gen")
+        prefix = state.prompts_or_fail().prompt_text(body) if body.params.return_full_text else ""
+        if body.stream:
+            return StreamingResponse(
+                _native_events(stream, request_id, prefix),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        text, done = await until_disconnected(request, collect(stream), stream)
+        result = GenerateResult(
+            id=request_id,
+            text=prefix + text,
+            finish_reason=done.reason,
+            usage=usage(done),
+            timing=timing(done),
+        )
+        return JSONResponse(result.model_dump())
+
+    add_openai_routes(app, state)
+    return app
+
+
+def _load_or_record(state: ServerState) -> None:
+    try:
+        state.load()
+    except Exception as exc:
+        log.exception("model load failed")
+        state.load_error = f"{type(exc).__name__}: {exc}"
+
+
+async def _native_events(stream: Stream, request_id: str, prefix: str) -> AsyncIterator[bytes]:
+    """SSE of the native protocol: token* then done, or error."""
+    index_shift = 0
+    try:
+        if prefix:
+            yield sse("token", TokenEvent(id=request_id, text=prefix, index=0))
+            index_shift = 1
+        async for event in stream:
+            if isinstance(event, TokenDelta):
+                token = TokenEvent(id=request_id, text=event.text, index=event.index + index_shift)
+                yield sse("token", token)
+            elif isinstance(event, Finished):
+                done = DoneEvent(
+                    id=request_id,
+                    finish_reason=event.reason,
+                    usage=usage(event),
+                    timing=timing(event),
+                )
+                yield sse("done", done)
+            else:
+                yield sse(
+                    "error",
+                    ErrorEvent(id=request_id, code=ErrorCode.INTERNAL, message=event.message),
+                )
+    finally:
+        stream.cancel()
