@@ -12,6 +12,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from llmstream_gateway.server import Gateway
+from testsupport import require_tool
+
+from llmstream.paths import llmstream_home
 
 
 def free_port() -> int:
@@ -138,11 +141,13 @@ async def wait_for(condition: Callable[[], bool], within_s: float = 5.0) -> None
         await asyncio.sleep(0.02)
 
 
-async def collect(ws: aiohttp.ClientWebSocketResponse, stream_id: str) -> list[dict[str, Any]]:
+async def collect(
+    ws: aiohttp.ClientWebSocketResponse, stream_id: str, within_s: float = 10
+) -> list[dict[str, Any]]:
     """Frames of one stream up to its `done` or `error` (frames of other ids are skipped)."""
     frames = []
     while True:
-        msg = await asyncio.wait_for(ws.receive(), timeout=10)
+        msg = await asyncio.wait_for(ws.receive(), timeout=within_s)
         assert msg.type == aiohttp.WSMsgType.TEXT, f"connection ended: {msg}"
         frame = json.loads(msg.data)
         if frame.get("id") != stream_id:
@@ -167,3 +172,12 @@ async def collect_all(
             if frame["type"] in ("done", "error"):
                 open_ids.discard(frame["id"])
     return frames
+
+
+def wscat_binary() -> str:
+    """wscat from PATH or from the folder `make tools` installs it into (else skip)."""
+    return require_tool(
+        "wscat",
+        "npm install wscat@6",
+        path=str(llmstream_home() / "npm" / "node_modules" / ".bin" / "wscat"),
+    )

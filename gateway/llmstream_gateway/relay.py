@@ -56,8 +56,10 @@ class BackendRejectedError(Exception):
         self.event = event
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Token:
+    """One token event (slotted and not frozen: one is created per token)."""
+
     text: str
     index: int
 
@@ -73,6 +75,11 @@ class SseParser:
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         """Add bytes; return every complete event. Raises ValueError on an oversized event."""
+        if not self._buffer and chunk.startswith(b"event: ") and chunk.count(b"\n\n") == 1:
+            # The usual case: one whole `event:`/`data:` block per read.
+            head, sep, body = chunk[7:].partition(b"\ndata: ")
+            if sep and body.endswith(b"\n\n") and b"\n" not in body[:-2]:
+                return [(head.decode(), body[:-2].decode())]
         self._buffer += chunk
         if b"\r" in self._buffer:
             self._buffer = self._buffer.replace(b"\r\n", b"\n")

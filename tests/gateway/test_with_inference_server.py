@@ -1,0 +1,205 @@
+"""The gateway in front of a real inference server (tiny random-weight model) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from gateway_support import collect, collect_all, free_port, wait_for, wscat_binary
+
+
+class InferenceServer:
+    """`llmstream inference serve` as a child process."""
+
+    def __init__(self, model_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "llmstream", "inference", "serve",
+                "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port),
+                "--threads", "1", "--max-batch-size", "8",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while not self.ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                output = self.process.stdout.read().decode() if self.process.stdout else ""
+                raise RuntimeError(f"inference server did not become ready:\n{output[-3000:]}")
+            time.sleep(0.2)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def running_sequences(self) -> float:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        found = re.findall(
+            r"^llmstream_inference_sequences_running(?:\{[^}]*\})? (\S+)$", text, re.M
+        )
+        return sum(float(value) for value in found)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _require_server_module() -> None:
+    server = Path(__file__).parents[2] / "inference" / "llmstream_inference" / "server.py"
+    if not server.exists():
+        pytest.skip("the inference server (inference/llmstream_inference/server.py) is not built")
+
+
+@pytest.fixture(scope="module")
+def inference(tiny_model_dir: Path) -> Iterator[InferenceServer]:
+    _require_server_module()
+    server = InferenceServer(tiny_model_dir)
+    yield server
+    server.stop()
+
+
+def long_generate(stream_id: str, tokens: int = 400) -> dict[str, object]:
+    return {
+        "type": "generate",
+        "id": stream_id,
+        "prompt": "Once upon a time",
+        "params": {"max_new_tokens": tokens, "temperature": 0.8, "seed": 1},
+    }
+
+
+async def test_interleaved_streams_on_one_connection(inference, gateway, http):
+    gw = await gateway(backends=(inference.url,))
+    async with http.ws_connect(gw.ws_url) as ws:
+        for stream_id in ("a", "b"):
+            await ws.send_json(long_generate(stream_id, tokens=24))
+        frames = await collect_all(ws, ["a", "b"])
+    for stream_frames in frames.values():
+        assert stream_frames[-1]["type"] == "done"
+        assert stream_frames[-1]["usage"]["completion_tokens"] >= 1
+        assert any(f["type"] == "token" for f in stream_frames)
+
+
+async def test_client_disconnect_cancels_the_inference_sequence(inference, gateway, http):
+    gw = await gateway(backends=(inference.url,))
+    async with http.ws_connect(gw.ws_url) as ws:
+        await ws.send_json(long_generate("q1", tokens=1000))
+        first = json.loads((await asyncio.wait_for(ws.receive(), 30)).data)
+        assert first["type"] == "token"
+        assert await asyncio.to_thread(inference.running_sequences) == 1
+    deadline = time.monotonic() + 10
+    while await asyncio.to_thread(inference.running_sequences) != 0:
+        assert time.monotonic() < deadline, "the sequence kept running after the client left"
+        await asyncio.sleep(0.1)
+
+
+async def test_cancel_frame_stops_the_inference_sequence(inference, gateway, http):
+    gw = await gateway(backends=(inference.url,))
+    async with http.ws_connect(gw.ws_url) as ws:
+        await ws.send_json(long_generate("q1", tokens=1000))
+        await asyncio.wait_for(ws.receive(), 30)
+        await ws.send_json({"type": "cancel", "id": "q1"})
+        frames = await collect(ws, "q1")
+        assert frames[-1]["finish_reason"] == "cancelled"
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(inference.running_sequences) != 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+
+async def test_inference_server_killed_mid_stream_ends_with_backend_failed(
+    tiny_model_dir, gateway, http
+):
+    _require_server_module()
+    doomed = await asyncio.to_thread(InferenceServer, tiny_model_dir)
+    try:
+        gw = await gateway(backends=(doomed.url,))
+        async with http.ws_connect(gw.ws_url) as ws:
+            await ws.send_json(long_generate("q1", tokens=1000))
+            first = json.loads((await asyncio.wait_for(ws.receive(), 30)).data)
+            assert first["type"] == "token"
+            await asyncio.to_thread(doomed.stop, signal.SIGKILL)
+            frames = await collect(ws, "q1")
+        assert frames[-1]["type"] == "error"
+        assert frames[-1]["code"] == "backend_failed"
+    finally:
+        await asyncio.to_thread(doomed.stop, signal.SIGKILL)
+
+
+async def test_stream_held_until_the_inference_server_starts(tiny_model_dir, gateway, http):
+    _require_server_module()
+    port = free_port()
+    gw = await gateway(await_ready=False, backends=(f"http://127.0.0.1:{port}",))
+    async with http.ws_connect(gw.ws_url) as ws:
+        await ws.send_json(long_generate("q1", tokens=8))
+        queued = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+        assert queued["reason"] == "warming"
+        # The server starts only now, on the port the gateway has been probing.
+        late = await asyncio.to_thread(InferenceServer, tiny_model_dir, port)
+        try:
+            frames = await collect(ws, "q1", within_s=180)
+        finally:
+            await asyncio.to_thread(late.stop)
+    assert frames[-1]["type"] == "done"
+
+
+async def test_openai_sdk_streams_through_the_gateway(inference, gateway):
+    gw = await gateway(backends=(inference.url,))
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused")
+    models = await client.models.list()
+    stream = await client.chat.completions.create(
+        model=models.data[0].id,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=12,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    await client.close()
+    assert len(pieces) >= 2
+    assert "".join(pieces)
+
+
+async def test_sse_generate_through_the_gateway(inference, gateway, http):
+    gw = await gateway(backends=(inference.url,))
+    response = await http.post(
+        gw.url + "/v1/generate", json={"prompt": "Hi", "params": {"max_new_tokens": 6}}
+    )
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["usage"]["completion_tokens"] >= 1
+    assert body["finish_reason"] in ("stop", "length")
+
+
+async def test_wscat_plain_mode_against_the_real_server(inference, gateway):
+    wscat = wscat_binary()
+    gw = await gateway(backends=(inference.url,))
+    command = f"{wscat} -c {gw.ws_url} -x 'Tell me a story' -w 4 < <(sleep 6)"
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    lines = [line for line in output.decode().splitlines() if line.strip()]
+    assert lines[-1].endswith("[done]")
+    assert len(lines) >= 2
+    await wait_for(lambda: gw.gateway.runner.active == 0)
