@@ -63,10 +63,13 @@ fmt: install ## format and auto-fix
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
 
-bench: bench-inference ## every benchmark (JSON + PNG under bench-results/)
+bench: bench-inference bench-gateway ## every benchmark (JSON + PNG under bench-results/)
 
 bench-inference: install model ## inference engine vs thread-per-request vs static batch
 	@$(VENV)/bin/python -m benchmarks.inference --out bench-results
+
+bench-gateway: install ## gateway vs raw websockets relay vs direct: added latency, sustainable streams
+	@$(VENV)/bin/python -m benchmarks.gateway --out bench-results
 
 clean: ## remove the venv and build outputs (the model cache in $(LLMSTREAM_HOME) stays)
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results

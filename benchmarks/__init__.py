@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m benchmarks.<name>`), each writing JSON + PNG under bench-results/."""
