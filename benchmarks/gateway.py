@@ -383,6 +383,25 @@ def measure(stack: Stack, target: str, streams: int, seconds: float, ramp_s: flo
     return result
 
 
+def best_runs(runs: list[LevelResult]) -> list[LevelResult]:
+    """Per (target, streams), the repeat that delivered most, then with the lowest p99.
+
+    Other work on a shared machine only ever adds latency, so the best of a few interleaved
+    repeats is the fairest estimate of what each design can do.
+    """
+    best: dict[tuple[str, int], LevelResult] = {}
+    for run in runs:
+        key = (run.target, run.streams)
+        rank = (run.delivered, -(run.p99_ms if run.p99_ms is not None else float("inf")))
+        current = best.get(key)
+        if current is None or rank > (
+            current.delivered,
+            -(current.p99_ms if current.p99_ms is not None else float("inf")),
+        ):
+            best[key] = run
+    return sorted(best.values(), key=lambda r: (r.streams, TARGETS.index(r.target)))
+
+
 def summarize(results: list[LevelResult]) -> dict[str, Any]:
     """Added latency vs direct, sustainable streams, and the ratios BENCHMARKS.md asks for."""
     by = {(r.target, r.streams): r for r in results}
@@ -473,34 +492,44 @@ def plot(results: list[LevelResult], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a run like Ctrl-C: the finally clause stops the child processes."""
+    raise KeyboardInterrupt
+
+
 def run_benchmark(args: argparse.Namespace) -> int:
     """Start the stack, run every level for every target, write JSON + PNG, print the table."""
     _raise_fd_limit()
+    signal.signal(signal.SIGTERM, _interrupt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "gateway-logs"
     logs.mkdir(exist_ok=True)
     stack = Stack(RATE_FOR_LOADGEN, logs)
-    results: list[LevelResult] = []
+    runs: list[LevelResult] = []
     try:
-        for streams in args.levels:
-            for target in args.targets:
-                result = measure(stack, target, streams, args.seconds, args.ramp)
-                results.append(result)
-                print(
-                    f"{target:>7} {streams:>5} streams: p50 {result.p50_ms} ms, p99 "
-                    f"{result.p99_ms} ms, delivered {100 * result.delivered:.1f}%, "
-                    f"cpu {result.target_cpu_percent}%",
-                    flush=True,
-                )
-                time.sleep(1.0)  # let sockets from the previous level close
+        for repeat in range(args.repeats):
+            for streams in args.levels:
+                for target in args.targets:
+                    result = measure(stack, target, streams, args.seconds, args.ramp)
+                    runs.append(result)
+                    print(
+                        f"[{repeat + 1}/{args.repeats}] {target:>7} {streams:>5} streams: "
+                        f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, delivered "
+                        f"{100 * result.delivered:.1f}%, cpu {result.target_cpu_percent}%, "
+                        f"load {result.load_average}",
+                        flush=True,
+                    )
+                    time.sleep(1.0)  # let sockets from the previous level close
     finally:
         stack.stop()
+    results = best_runs(runs)
     summary = summarize(results)
     report = {
         "benchmark": "gateway",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {
+            "repeats": args.repeats,
             "rate_tokens_per_s": RATE_FOR_LOADGEN,
             "seconds": args.seconds,
             "ramp_s": args.ramp,
@@ -508,6 +537,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             f"{SUSTAINED_P99_MS:.0f} ms",
         },
         "results": [asdict(r) | {"delivered": round(r.delivered, 4)} for r in results],
+        "all_runs": [asdict(r) | {"delivered": round(r.delivered, 4)} for r in runs],
         "summary": summary,
         "table_markdown": table(results),
     }
@@ -528,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--seconds", type=float, default=8.0, help="tokens streamed per level")
     parser.add_argument("--ramp", type=float, default=3.0, help="seconds to open the streams")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats; the best of each is kept"
+    )
     roles = parser.add_subparsers(dest="role")
     source = roles.add_parser("source")
     source.add_argument("--port", type=int, required=True)

@@ -149,11 +149,12 @@ class Gateway:
         return await self._catalog.handle(request)
 
     async def load(self, request: web.Request) -> web.StreamResponse:
-        """`/v1/load` for the autoscaler."""
+        """`/v1/load` for the autoscaler: streams on backends, and streams held apart."""
+        pending = self.activator.pending
         return web.json_response(
             {
-                "active_streams": self.runner.active,
-                "pending_streams": self.activator.pending,
+                "active_streams": max(0, self.runner.active - pending),
+                "pending_streams": pending,
                 "backends": [
                     {"url": b.url, "ready": b.ready, "active": b.active, "capacity": b.capacity}
                     for b in self.backends

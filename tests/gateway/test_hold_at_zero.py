@@ -126,3 +126,17 @@ async def test_no_backend_is_pushed_past_its_capacity(fake_backend, gateway, htt
         f[0] == {"type": "queued", "id": i, "reason": "capacity", "position": 1}
         for i, f in frames.items()
     )
+
+
+async def test_load_counts_held_streams_as_pending_not_active(fake_backend, gateway, http):
+    backend = await fake_backend(ready=False)
+    gw = await gateway(await_ready=False, backends=(backend.url,))
+    async with http.ws_connect(gw.ws_url) as ws:
+        for stream_id in ("a", "b"):
+            await ws.send_json(generate(stream_id))
+        for _ in range(2):
+            await ws.receive()
+        load = await (await http.get(gw.url + "/v1/load")).json()
+    assert load["pending_streams"] == 2
+    assert load["active_streams"] == 0
+    assert load["backends"][0]["ready"] is False
