@@ -118,8 +118,11 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=names.GROUP, key="last-handled-configuration"
         )
+        # Timers need a finalizer so kopf can stop them before the object goes away.
+        settings.persistence.finalizer = names.FINALIZER
         settings.posting.reporting_component = names.MANAGED_BY
-        # Only explicit events and warnings become Kubernetes Events, not every log line.
+        # Log lines become Kubernetes Events only from WARNING up; explicit Normal events
+        # (Scaled, Restored) are posted with kopf.event().
         settings.posting.level = logging.WARNING
         if runtime.settings.metrics_port is not None:
             await runtime.start_metrics()
@@ -337,7 +340,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         message = (
             f"inference replicas {decision.current} -> {decision.replicas} ({decision.reason})"
         )
-        kopf.info(body, reason="Scaled", message=message)
+        kopf.event(body, type="Normal", reason="Scaled", message=message)
         logger.info(message)
         return decision
 
@@ -466,7 +469,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
                 return
         what = "deleted" if deleted else "changed " + ", ".join(changes[:5])
         message = f"restored {_describe(manifest)} ({what})"
-        kopf.info(parent.as_object(), reason="Restored", message=message)
+        kopf.event(parent.as_object(), type="Normal", reason="Restored", message=message)
         logger.info(message)
 
     for group, version, plural in CHILD_RESOURCES:

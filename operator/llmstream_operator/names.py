@@ -23,6 +23,8 @@ CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 WAKE_ANNOTATION: Final = f"{GROUP}/wake-requested-at"
 
 FIELD_MANAGER: Final = "llmstream-operator"
+# kopf's finalizer on LLMEndpoints (it stops the endpoint's autoscaler timer on deletion).
+FINALIZER: Final = f"{GROUP}/operator"
 MANAGED_BY: Final = "llmstream-operator"
 PART_OF: Final = "llmstream"
 APP_NAME: Final = "llmstream"
