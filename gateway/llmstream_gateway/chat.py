@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -220,12 +222,18 @@ async def interactive(options: ChatOptions) -> int:
     """The prompt loop (stdin read without threads so Ctrl-C stays responsive)."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
     async def read_lines() -> None:
-        while raw := await reader.readline():
-            lines.put_nowait(raw.decode(errors="replace").rstrip("\n"))
+        if stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+            # A file redirected to stdin cannot be watched by the event loop; it never blocks.
+            for raw_line in sys.stdin.read().splitlines():
+                lines.put_nowait(raw_line)
+        else:
+            reader = asyncio.StreamReader()
+            protocol = asyncio.StreamReaderProtocol(reader)
+            await loop.connect_read_pipe(lambda: protocol, sys.stdin)
+            while raw := await reader.readline():
+                lines.put_nowait(raw.decode(errors="replace").rstrip("\n"))
         lines.put_nowait(None)
 
     feeder = asyncio.create_task(read_lines())

@@ -174,7 +174,11 @@ def _serve(args: argparse.Namespace) -> int:
     if config.discovery == "static" and not config.backends:
         print("error: give at least one --backend URL (or --discovery kubernetes)", file=sys.stderr)
         return 2
-    serve(config, args.host, args.port)
+    try:
+        serve(config, args.host, args.port)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

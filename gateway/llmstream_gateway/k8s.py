@@ -30,7 +30,13 @@ RETRY_DELAY_S = 2.0
 def incluster_configuration() -> kclient.Configuration:
     """API server address and service-account credentials of the pod."""
     configuration = kclient.Configuration()
-    kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    try:
+        kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kconfig.ConfigException as exc:
+        raise RuntimeError(
+            f"--discovery kubernetes needs the pod's service account (in-cluster config): {exc}; "
+            "outside a cluster use --discovery static with --backend URL"
+        ) from exc
     return configuration
 
 

@@ -214,3 +214,39 @@ def test_decode_event_reads_tokens_and_rejects_malformed_ones():
                                                  ("0", 0.1), ("9999", 30.0)])  # fmt: skip
 def test_retry_after_is_parsed_and_clamped(header, seconds):
     assert parse_retry_after(header) == seconds
+
+
+# --- chat client helpers ----------------------------------------------------------------------
+
+
+def test_context_command_switches_modes():
+    from llmstream_gateway.chat import ChatState, handle_command
+
+    state = ChatState()
+    assert "question+context" in str(handle_command("/context The sky is green.", state))
+    assert state.context == "The sky is green."
+    assert handle_command("/context", state) == "[prompt mode]"
+    assert state.context is None
+    assert handle_command("what now?", state) is None
+
+
+def test_generate_frame_follows_the_mode_and_options():
+    from llmstream_gateway.chat import ChatOptions, ChatState, generate_frame
+
+    options = ChatOptions(url="ws://x", max_new_tokens=9, temperature=0.0)
+    plain = generate_frame("c1", "hi", ChatState(), options)
+    assert plain["messages"] == [{"role": "user", "content": "hi"}]
+    assert plain["params"] == {"max_new_tokens": 9, "temperature": 0.0}
+    asked = generate_frame("c2", "why?", ChatState(context="because"), options)
+    assert (asked["question"], asked["context"]) == ("why?", "because")
+    assert "messages" not in asked
+
+
+def test_answer_stats_report_ttft_and_rate_after_the_first_token():
+    from llmstream_gateway.chat import AnswerStats
+
+    stats = AnswerStats(started=10.0, first_token_at=10.25, finished_at=12.25, tokens=21)
+    stats.finish_reason = "stop"
+    assert stats.ttft_ms == 250.0
+    assert stats.tokens_per_s == 10.0
+    assert stats.summary() == "ttft 250 ms · 10.0 tokens/s · 21 tokens (stop)"
