@@ -1,0 +1,70 @@
+"""Sampling parameters against server defaults, and token choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from llmstream_inference.sampling import Defaults, ParameterError, Sampler, pick_batch, resolve
+
+from llmstream.wire import SamplingParams
+
+DEFAULTS = Defaults(max_new_tokens=32, temperature=0.7, top_p=0.9, max_new_tokens_limit=64)
+
+
+def test_unset_parameters_take_the_server_defaults() -> None:
+    resolved = resolve(SamplingParams(), DEFAULTS)
+    assert (resolved.max_new_tokens, resolved.temperature, resolved.top_p) == (32, 0.7, 0.9)
+    assert resolved.do_sample
+
+
+def test_temperature_zero_is_greedy_even_if_sampling_was_asked() -> None:
+    resolved = resolve(SamplingParams(temperature=0, do_sample=True), DEFAULTS)
+    assert not resolved.do_sample
+    assert resolved.is_plain_greedy
+
+
+def test_max_new_tokens_above_the_limit_is_refused_naming_the_field() -> None:
+    with pytest.raises(ParameterError) as info:
+        resolve(SamplingParams(max_new_tokens=65), DEFAULTS)
+    assert info.value.field == "params.max_new_tokens"
+    assert "64" in str(info.value)
+
+
+def test_same_seed_same_choices() -> None:
+    logits = torch.randn(100)
+    params = resolve(SamplingParams(temperature=1.0, seed=7), DEFAULTS)
+    first = [Sampler(params, torch.device("cpu")).pick(logits, [1]) for _ in range(3)]
+    again = [Sampler(params, torch.device("cpu")).pick(logits, [1]) for _ in range(3)]
+    assert first == again
+
+
+def test_top_k_one_always_picks_the_best_token() -> None:
+    logits = torch.randn(50)
+    sampler = Sampler(
+        resolve(SamplingParams(temperature=1.5, top_k=1), DEFAULTS), torch.device("cpu")
+    )
+    assert {sampler.pick(logits, [0]) for _ in range(20)} == {int(logits.argmax())}
+
+
+def test_repetition_penalty_moves_greedy_away_from_seen_tokens() -> None:
+    logits = torch.tensor([2.0, 1.9, 0.0])
+    plain = Sampler(resolve(SamplingParams(temperature=0), DEFAULTS), torch.device("cpu"))
+    penalised = Sampler(
+        resolve(SamplingParams(temperature=0, repetition_penalty=2.0), DEFAULTS),
+        torch.device("cpu"),
+    )
+    assert plain.pick(logits, [0]) == 0
+    assert penalised.pick(logits, [0]) == 1
+
+
+def test_batch_pick_matches_row_by_row_choices() -> None:
+    logits = torch.randn(3, 40)
+    greedy = Sampler(resolve(SamplingParams(temperature=0), DEFAULTS), torch.device("cpu"))
+    penalised = Sampler(
+        resolve(SamplingParams(temperature=0, repetition_penalty=1.5), DEFAULTS),
+        torch.device("cpu"),
+    )
+    samplers = [greedy, penalised, greedy]
+    histories = [[1], [int(logits[1].argmax())], [2]]
+    expected = [s.pick(logits[i], histories[i]) for i, s in enumerate(samplers)]
+    assert pick_batch(logits, samplers, histories) == expected
