@@ -230,7 +230,15 @@ async def gateway() -> AsyncIterator[FakeGateway]:
 
 
 @pytest.fixture
-async def cluster(kmock: kmock.KubernetesEmulator, gateway: FakeGateway) -> AsyncIterator[Cluster]:
+def interval() -> float:
+    """Seconds between autoscaler ticks (a test parametrizes it to rule the timer out)."""
+    return 0.2
+
+
+@pytest.fixture
+async def cluster(
+    kmock: kmock.KubernetesEmulator, gateway: FakeGateway, interval: float
+) -> AsyncIterator[Cluster]:
     for resource, (kind, subresources) in KINDS.items():
         kmock.resources[resource] = kmock.ResourceInfo(
             kind=kind,
@@ -244,7 +252,7 @@ async def cluster(kmock: kmock.KubernetesEmulator, gateway: FakeGateway) -> Asyn
         )
     kmock.objects[SLICES, NAMESPACE, "qa-gateway-abcde"] = gateway_slice("qa", gateway.port)
     # Cluster-wide: kmock cannot list /api/v1/namespaces, which a namespaced kopf does first.
-    settings = OperatorSettings(interval=0.2, metrics_port=None, liveness_endpoint=None)
+    settings = OperatorSettings(interval=interval, metrics_port=None, liveness_endpoint=None)
     runtime = create_runtime(settings, KubeAccess(server=str(kmock.url).rstrip("/")))
     operator = OperatorThread(runtime)
     await asyncio.to_thread(operator.start, TIMEOUT)
@@ -340,8 +348,10 @@ async def test_an_edited_child_is_put_back(cluster: Cluster) -> None:
     await cluster.until("the original gateway Deployment", restored)
 
 
+@pytest.mark.parametrize("interval", [600.0])
 async def test_a_wake_annotation_scales_from_zero_at_once(cluster: Cluster) -> None:
-    # The gateway reports no load, so only the wake annotation can explain the scale-up.
+    # The timer ticks once at start and then not for ten minutes, and the gateway reports no
+    # load: only the wake handler can explain a scale-up within the test's timeout.
     await cluster.create_endpoint(scaling={"idleSeconds": 600})
     await cluster.until("the inference Deployment at zero", lambda: replicas(cluster) == 0)
     path = f"/apis/{names.API_VERSION}/namespaces/{NAMESPACE}/{names.PLURAL}/qa"
