@@ -92,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    result: int = args.handler(args)
+    try:
+        result: int = args.handler(args)
+    except KeyboardInterrupt:  # during start-up or a build: everything is stopped by now
+        print("interrupted", file=sys.stderr)
+        return 130
     return result
 
 

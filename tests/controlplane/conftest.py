@@ -1,0 +1,91 @@
+"""The control-plane tier: a real etcd, kube-apiserver, controllers, scheduler and kwok.
+
+Binaries are provisioned once, after collection and before any test starts (so a first, cold
+Go build is not cut short by a test's timeout), and only when a `controlplane` test is
+selected. Where they cannot be had at all, every test of the tier skips with a message naming
+what is missing (a failure under CI=true).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from testsupport import IN_CI
+
+from tools.cluster import binaries, gobuild, kubetools
+from tools.cluster.binaries import ClusterBinaries
+from tools.cluster.controlplane import ControlPlane
+
+_PROVISIONED = pytest.StashKey[ClusterBinaries | str]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Find or build the binaries when any selected test belongs to the tier."""
+    if not any(item.get_closest_marker("controlplane") for item in session.items):
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    with capture.global_and_fixture_disabled():
+        try:
+            found: ClusterBinaries | str = binaries.provision(log=log)
+        except binaries.BinariesUnavailableError as exc:
+            found = str(exc)
+        except (gobuild.BuildError, kubetools.ToolsUnavailableError) as exc:
+            found = f"provisioning the control-plane binaries failed: {exc}"
+            if IN_CI:
+                raise
+    session.config.stash[_PROVISIONED] = found
+
+
+@pytest.fixture(scope="session")
+def cluster_binaries(request: pytest.FixtureRequest) -> ClusterBinaries:
+    """The provisioned binaries; skips (fails under CI=true) naming what is missing."""
+    found = request.config.stash.get(_PROVISIONED, None)
+    if found is None:
+        found = _provision_now()  # tests selected without the marker: no build here
+    if isinstance(found, str):
+        if IN_CI:
+            pytest.fail(f"CI=true and the control-plane tier cannot run: {found}")
+        pytest.skip(found)
+    return found
+
+
+def _provision_now() -> ClusterBinaries | str:
+    try:
+        return binaries.provision(build=False)
+    except binaries.BinariesUnavailableError as exc:
+        return str(exc)
+
+
+@pytest.fixture(scope="session")
+def control_plane(cluster_binaries: ClusterBinaries) -> Iterator[ControlPlane]:
+    """A running control plane with a GPU kwok node and a CPU kwok node, for the session."""
+    with ControlPlane(cluster_binaries) as plane:
+        yield plane
+
+
+@pytest.fixture
+def api(control_plane: ControlPlane) -> Iterator[httpx.Client]:
+    """An admin httpx client for the session's API server."""
+    with control_plane.api() as client:
+        yield client
+
+
+@pytest.fixture
+def namespace(api: httpx.Client) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    created = api.post(
+        "/api/v1/namespaces",
+        json={"metadata": {"name": name}, "apiVersion": "v1", "kind": "Namespace"},
+    )
+    assert created.status_code == 201, created.text
+    yield name
+    api.delete(f"/api/v1/namespaces/{name}")

@@ -1,0 +1,127 @@
+"""No control-plane process outlives its owner: Ctrl-C, a hard kill, or a failing test session.
+
+Each test runs its own control plane in a child Python process (`make cluster-up`'s command,
+or a pytest session), ends that owner, and checks every component's process id afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tools.cluster.binaries import ClusterBinaries
+from tools.cluster.processes import alive
+
+pytestmark = pytest.mark.controlplane
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+UP_TIMEOUT_S = 180.0
+
+
+def start_cluster_up(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """Run `python -m tools.cluster up` until it prints the KUBECONFIG line; return its pids."""
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "tools.cluster", "up", "--workdir", str(workdir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert owner.stdout is not None
+    seen = []
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    for line in owner.stdout:
+        seen.append(line)
+        if line.startswith("export KUBECONFIG="):
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        owner.wait()
+    if not any(line.startswith("export KUBECONFIG=") for line in seen):
+        owner.kill()
+        pytest.fail("`python -m tools.cluster up` did not come up:\n" + "".join(seen))
+    assert line.strip() == f"export KUBECONFIG={workdir / 'kubeconfig' / 'admin.kubeconfig'}"
+    pids: dict[str, int] = json.loads((workdir / "pids.json").read_text())
+    return owner, pids
+
+
+def wait_all_gone(pids: dict[str, int], timeout: float = 30.0) -> list[str]:
+    """Names of the processes still alive after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [name for name, pid in pids.items() if alive(pid)]
+        if not left:
+            return []
+        time.sleep(0.2)
+    return [name for name, pid in pids.items() if alive(pid)]
+
+
+def test_ctrl_c_on_cluster_up_stops_every_component(
+    cluster_binaries: ClusterBinaries, tmp_path: Path
+) -> None:
+    owner, pids = start_cluster_up(tmp_path)
+    assert set(pids) == COMPONENTS
+    assert all(alive(pid) for pid in pids.values())
+    os.kill(owner.pid, signal.SIGINT)
+    assert owner.wait(timeout=60) == 0
+    assert wait_all_gone(pids, timeout=1.0) == []
+
+
+def test_killing_the_owner_outright_still_kills_every_component(
+    cluster_binaries: ClusterBinaries, tmp_path: Path
+) -> None:
+    owner, pids = start_cluster_up(tmp_path)
+    os.kill(owner.pid, signal.SIGKILL)  # no handler, no atexit: only the kernel can help
+    owner.wait(timeout=10)
+    assert wait_all_gone(pids) == []
+
+
+def test_a_failing_test_session_tears_its_control_plane_down(
+    cluster_binaries: ClusterBinaries, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "plane"
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_fails.py").write_text(
+        textwrap.dedent(
+            f"""
+            import pytest
+            from tools.cluster.binaries import provision
+            from tools.cluster.controlplane import ControlPlane
+
+            @pytest.fixture(scope="session")
+            def plane():
+                with ControlPlane(provision(build=False), workdir={str(workdir)!r}) as plane:
+                    yield plane
+
+            def test_fails(plane):
+                assert plane.api().get("/version").status_code == 200
+                raise AssertionError("this test fails on purpose")
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(suite)],
+        cwd=suite,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=UP_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "this test fails on purpose" in result.stdout
+    pids: dict[str, int] = json.loads((workdir / "pids.json").read_text())
+    assert set(pids) == COMPONENTS
+    assert wait_all_gone(pids, timeout=1.0) == []
