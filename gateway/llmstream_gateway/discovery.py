@@ -17,7 +17,10 @@ from .backends import BackendSet
 from .config import INFERENCE_PORT_NAME
 
 log = logging.getLogger("llmstream.gateway.discovery")
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 5.0
+# Like a kubelet readiness probe's failureThreshold: a busy backend that misses one probe
+# keeps its streams coming; three misses in a row take it out of rotation.
+PROBE_FAILURE_THRESHOLD = 3
 
 
 def readiness_from_slices(
@@ -47,6 +50,16 @@ def readiness_from_slices(
     return result
 
 
+def probed_readiness(
+    was_ready: bool, failures: int, probe_ok: bool, threshold: int = PROBE_FAILURE_THRESHOLD
+) -> tuple[bool, int]:
+    """Readiness after one probe, and the new count of consecutive failures."""
+    if probe_ok:
+        return True, 0
+    failures += 1
+    return was_ready and failures < threshold, failures
+
+
 async def probe(session: aiohttp.ClientSession, url: str) -> bool:
     """Whether the inference server at `url` answers `/readyz` with 200."""
     try:
@@ -74,16 +87,20 @@ class StaticDiscovery:
         self.session = session
         self.on_ready = on_ready
         self.interval_s = interval_s
+        self.failures = dict.fromkeys(self.urls, 0)
         backends.update(dict.fromkeys(self.urls, False))
 
     async def probe_once(self) -> None:
         """Probe every URL once and apply the result."""
         results = await asyncio.gather(*(probe(self.session, url) for url in self.urls))
-        readiness = dict(zip(self.urls, results, strict=True))
-        for url, ready in readiness.items():
+        readiness = {}
+        for url, ok in zip(self.urls, results, strict=True):
             backend = self.backends.backends.get(url)
-            if backend is not None and backend.ready != ready:
+            was_ready = backend is not None and backend.ready
+            ready, self.failures[url] = probed_readiness(was_ready, self.failures[url], ok)
+            if ready != was_ready:
                 log.info("backend %s is %s", url, "ready" if ready else "not ready")
+            readiness[url] = ready
         if self.backends.update(readiness):
             self.on_ready()
 

@@ -31,6 +31,7 @@ from .ws import serve_websocket
 
 log = logging.getLogger("llmstream.gateway")
 # Paths that never need the API key: probes, metrics, and the page (its script sends the key).
+LISTEN_BACKLOG = 4096
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 
 
@@ -259,6 +260,8 @@ def serve(config: GatewayConfig, host: str, port: int) -> None:
         access_log_class=RedactingAccessLogger,
         handler_cancellation=True,
         shutdown_timeout=5.0,
+        # Clients reconnecting after a restart arrive in bursts; 128 would drop SYNs.
+        backlog=LISTEN_BACKLOG,
         print=lambda text: log.info("%s", text),
         loop=loop,
     )

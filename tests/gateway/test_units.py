@@ -250,3 +250,14 @@ def test_answer_stats_report_ttft_and_rate_after_the_first_token():
     assert stats.ttft_ms == 250.0
     assert stats.tokens_per_s == 10.0
     assert stats.summary() == "ttft 250 ms · 10.0 tokens/s · 21 tokens (stop)"
+
+
+def test_a_backend_leaves_rotation_only_after_three_failed_probes_in_a_row():
+    from llmstream_gateway.discovery import probed_readiness
+
+    state = (True, 0)
+    for expected in (True, True, False):
+        state = probed_readiness(state[0], state[1], probe_ok=False)
+        assert state[0] is expected
+    assert probed_readiness(False, 5, probe_ok=True) == (True, 0)
+    assert probed_readiness(False, 0, probe_ok=False) == (False, 1)
