@@ -40,6 +40,10 @@ class StartupError(RuntimeError):
     """The control plane did not become healthy; the message names the component and why."""
 
 
+class KubectlError(RuntimeError):
+    """kubectl failed; the message carries the command and its stderr."""
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free loopback ports (held open together so they differ)."""
     sockets = []
@@ -108,9 +112,15 @@ class ControlPlane:
         )
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run the provisioned kubectl against this control plane as admin."""
+        """Run the provisioned kubectl as admin; with `check`, a failure raises its stderr."""
         command = [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=check)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if check and result.returncode != 0:
+            raise KubectlError(
+                f"`kubectl {' '.join(args)}` exited with {result.returncode}: "
+                f"{result.stderr.strip()}"
+            )
+        return result
 
     def __enter__(self) -> ControlPlane:
         self.start()
