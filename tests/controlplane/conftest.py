@@ -9,8 +9,11 @@ what is missing (a failure under CI=true).
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +23,8 @@ from tools.cluster import binaries, gobuild, kubetools
 from tools.cluster.binaries import ClusterBinaries
 from tools.cluster.controlplane import ControlPlane
 
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "llmstream.dev_llmendpoints.yaml"
+CRD_NAME = "llmendpoints.llmstream.dev"
 _PROVISIONED = pytest.StashKey[ClusterBinaries | str]()
 
 
@@ -69,6 +74,23 @@ def control_plane(cluster_binaries: ClusterBinaries) -> Iterator[ControlPlane]:
     """A running control plane with a GPU kwok node and a CPU kwok node, for the session."""
     with ControlPlane(cluster_binaries) as plane:
         yield plane
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane: ControlPlane) -> dict[str, Any]:
+    """The LLMEndpoint CRD from crds/, applied with kubectl and Established, for the session."""
+    control_plane.kubectl("apply", "-f", str(CRD_FILE))
+    deadline = time.monotonic() + 30
+    with control_plane.api() as api:
+        while time.monotonic() < deadline:
+            body: dict[str, Any] = api.get(
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+            ).json()
+            conditions = (body.get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return body
+            time.sleep(0.1)
+    pytest.fail(f"{CRD_NAME} not Established within 30s: {conditions}")
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ catch what offline schema checks cannot (e.g. a rule that fails on the schema's 
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,27 +15,8 @@ from tools.cluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "llmstream.dev_llmendpoints.yaml"
-CRD_NAME = "llmendpoints.llmstream.dev"
 GROUP_PATH = "/apis/llmstream.dev/v1alpha1"
 SOURCE = "builtin://smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def crd(control_plane: ControlPlane) -> dict[str, Any]:
-    """The CRD applied with kubectl and Established (it stays for the session)."""
-    control_plane.kubectl("apply", "-f", str(CRD_FILE))
-    deadline = time.monotonic() + 30
-    with control_plane.api() as api:
-        while time.monotonic() < deadline:
-            body: dict[str, Any] = api.get(
-                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
-            ).json()
-            conditions = (body.get("status") or {}).get("conditions") or []
-            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                return body
-            time.sleep(0.1)
-    pytest.fail(f"{CRD_NAME} not Established within 30s: {conditions}")
 
 
 def endpoint(name: str, spec: dict[str, Any] | None) -> dict[str, Any]:

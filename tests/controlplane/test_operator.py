@@ -1,0 +1,374 @@
+"""The operator on a real API server, as its own least-privilege ServiceAccount.
+
+The operator runs in-process (`OperatorThread`) with a token of a ServiceAccount bound only to
+operator/rbac/clusterrole.yaml, so a missing permission fails here as it would in a cluster.
+kwok plays the kubelet: pods the scheduler places become Running and Ready without containers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tools.cluster import manifests
+from tools.cluster.controlplane import ControlPlane
+
+pytestmark = pytest.mark.controlplane
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_ROLE = REPO / "operator" / "rbac" / "clusterrole.yaml"
+OPERATOR_NAMESPACE = "llmstream-system"
+GROUP_PATH = "/apis/llmstream.dev/v1alpha1"
+SOURCE = "builtin://smollm2-135m-instruct"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+WAIT_S = 90.0
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.3)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def operator_token(control_plane: ControlPlane, crd: dict[str, Any]) -> str:
+    """A token of ServiceAccount llmstream-system/llmstream-operator, bound to the ClusterRole."""
+    control_plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    control_plane.kubectl(
+        "-n", OPERATOR_NAMESPACE, "create", "serviceaccount", "llmstream-operator"
+    )
+    control_plane.kubectl("apply", "-f", str(CLUSTER_ROLE))
+    control_plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        "llmstream-operator",
+        "--clusterrole=llmstream-operator",
+        f"--serviceaccount={OPERATOR_NAMESPACE}:llmstream-operator",
+    )
+    token = control_plane.kubectl(
+        "-n", OPERATOR_NAMESPACE, "create", "token", "llmstream-operator", "--duration=2h"
+    ).stdout.strip()
+    assert token
+    return token
+
+
+class Operator:
+    """The operator, cluster-wide, on its own thread in this process; restartable."""
+
+    def __init__(self, control_plane: ControlPlane, token: str) -> None:
+        from llmstream_operator.kube import KubeAccess
+
+        self.access = KubeAccess(
+            server=control_plane.server, ca_path=str(control_plane.ca_cert), token=token
+        )
+        self.thread: Any = None
+
+    def start(self) -> None:
+        from llmstream_operator.app import OperatorThread, create_runtime
+        from llmstream_operator.runtime import OperatorSettings
+
+        settings = OperatorSettings(metrics_port=None, liveness_endpoint=None)
+        self.thread = OperatorThread(create_runtime(settings, self.access))
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: ControlPlane, operator_token: str) -> Iterator[Operator]:
+    """One operator for the module's tests (a test may restart it)."""
+    running = Operator(control_plane, operator_token)
+    running.start()
+    yield running
+    running.stop()
+
+
+def endpoint(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "llmstream.dev/v1alpha1",
+        "kind": "LLMEndpoint",
+        "metadata": {"name": name},
+        "spec": {"model": {"source": SOURCE}, **spec},
+    }
+
+
+def create_endpoint(api: httpx.Client, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = api.post(f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def get(api: httpx.Client, path: str) -> dict[str, Any] | None:
+    response = api.get(path)
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def ready_status(api: httpx.Client, namespace: str, name: str) -> dict[str, Any] | None:
+    body = get(api, f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/{name}")
+    status: dict[str, Any] = (body or {}).get("status") or {}
+    return status if status.get("phase") == "Ready" else None
+
+
+def pods(api: httpx.Client, namespace: str, instance: str, component: str) -> list[Any]:
+    selector = f"app.kubernetes.io/instance={instance},app.kubernetes.io/component={component}"
+    response = api.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
+    items: list[Any] = response.json()["items"]
+    return items
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def children(namespace: str, name: str) -> dict[str, str]:
+    """API path of every child the operator makes for endpoint `name`."""
+    ns = f"namespaces/{namespace}"
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/{ns}"
+    return {
+        "inference Deployment": f"/apis/apps/v1/{ns}/deployments/{name}-inference",
+        "gateway Deployment": f"/apis/apps/v1/{ns}/deployments/{name}-gateway",
+        "inference Service": f"/api/v1/{ns}/services/{name}-inference",
+        "gateway Service": f"/api/v1/{ns}/services/{name}-gateway",
+        "gateway ServiceAccount": f"/api/v1/{ns}/serviceaccounts/{name}-gateway",
+        "gateway Role": f"{rbac}/roles/{name}-gateway",
+        "gateway RoleBinding": f"{rbac}/rolebindings/{name}-gateway",
+    }
+
+
+def test_gpu_endpoint_is_served_from_the_gpu_node_and_reports_ready(
+    operator: Operator, api: httpx.Client, namespace: str
+) -> None:
+    spec = {
+        "resources": {"gpus": 1},
+        "scaling": {"minReplicas": 1, "maxReplicas": 2},
+        "placement": {"tolerations": [GPU_TOLERATION]},
+    }
+    owner = create_endpoint(api, namespace, endpoint("qa", spec))
+
+    status = wait_for(
+        "LLMEndpoint qa to reach phase Ready", lambda: ready_status(api, namespace, "qa")
+    )
+    assert status["readyReplicas"] == 1
+    assert status["url"] == f"ws://qa-gateway.{namespace}.svc:8080/v1/ws"
+    ready = {c["type"]: c["status"] for c in status["conditions"]}
+    assert ready["Ready"] == "True"
+
+    for kind, path in children(namespace, "qa").items():
+        child = get(api, path)
+        assert child is not None, f"{kind} missing"
+        [reference] = child["metadata"]["ownerReferences"]
+        assert (reference["kind"], reference["uid"]) == ("LLMEndpoint", owner["metadata"]["uid"])
+        assert reference["controller"] is True
+
+    [inference] = pods(api, namespace, "qa", "inference")
+    assert inference["spec"]["nodeName"] == manifests.GPU_NODE
+    assert is_ready(inference)
+    limits = inference["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    gateways = pods(api, namespace, "qa", "gateway")
+    assert [pod["spec"]["nodeName"] for pod in gateways] == [manifests.CPU_NODE]
+
+
+def test_cpu_endpoint_is_served_from_the_cpu_node(
+    operator: Operator, api: httpx.Client, namespace: str
+) -> None:
+    spec = {"resources": {"gpus": 0}, "scaling": {"minReplicas": 1, "maxReplicas": 1}}
+    create_endpoint(api, namespace, endpoint("cpu", spec))
+
+    wait_for("LLMEndpoint cpu to reach phase Ready", lambda: ready_status(api, namespace, "cpu"))
+    [inference] = pods(api, namespace, "cpu", "inference")
+    assert inference["spec"]["nodeName"] == manifests.CPU_NODE
+    assert "nvidia.com/gpu" not in inference["spec"]["containers"][0]["resources"].get("limits", {})
+
+
+def test_deleting_the_endpoint_garbage_collects_every_child(
+    operator: Operator, api: httpx.Client, namespace: str
+) -> None:
+    spec = {"resources": {"gpus": 0}, "scaling": {"minReplicas": 1, "maxReplicas": 1}}
+    create_endpoint(api, namespace, endpoint("gone", spec))
+    paths = children(namespace, "gone")
+    wait_for("every child of gone", lambda: all(get(api, p) for p in paths.values()))
+
+    deleted = api.delete(f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/gone")
+    assert deleted.status_code == 200, deleted.text
+
+    def left() -> list[str]:
+        return [kind for kind, path in paths.items() if get(api, path) is not None]
+
+    wait_for("the garbage collector to remove every child", lambda: not left())
+    assert get(api, f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/gone") is None
+
+
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+CPU_SPEC = {"resources": {"gpus": 0}, "scaling": {"minReplicas": 1, "maxReplicas": 1}}
+
+
+def deployment_path(namespace: str, name: str) -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str | None]:
+    [main] = deployment["spec"]["template"]["spec"]["containers"]
+    return {item["name"]: item.get("value") for item in main.get("env", [])}
+
+
+def test_a_spec_change_rolls_the_inference_deployment(
+    operator: Operator, api: httpx.Client, namespace: str
+) -> None:
+    create_endpoint(api, namespace, endpoint("roll", CPU_SPEC))
+    wait_for("LLMEndpoint roll to reach phase Ready", lambda: ready_status(api, namespace, "roll"))
+    path = deployment_path(namespace, "roll-inference")
+    before = get(api, path)
+    assert before is not None
+    assert container_env(before)["LLMSTREAM_MAX_BATCH_SIZE"] == "16"
+    [old_pod] = pods(api, namespace, "roll", "inference")
+
+    patched = api.patch(
+        f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/roll",
+        json={"spec": {"engine": {"maxBatchSize": 32}}},
+        headers=MERGE_PATCH,
+    )
+    assert patched.status_code == 200, patched.text
+
+    def rolled_out() -> dict[str, Any] | None:
+        now = get(api, path) or {}
+        status = now.get("status", {})
+        done = (
+            container_env(now).get("LLMSTREAM_MAX_BATCH_SIZE") == "32"
+            and status.get("observedGeneration") == now["metadata"]["generation"]
+            and status.get("updatedReplicas") == status.get("readyReplicas") == 1
+            and status.get("replicas") == 1
+        )
+        return now if done else None
+
+    after = wait_for("the inference Deployment to roll out the new spec", rolled_out)
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+
+    def replaced() -> list[Any]:
+        current = pods(api, namespace, "roll", "inference")
+        fresh = [p for p in current if p["metadata"]["name"] != old_pod["metadata"]["name"]]
+        return fresh if len(current) == 1 and fresh and is_ready(fresh[0]) else []
+
+    [new_pod] = wait_for("the old inference pod to be replaced by a ready one", replaced)
+    assert new_pod["spec"]["nodeName"] == manifests.CPU_NODE
+
+
+def test_a_deleted_child_is_recreated_and_an_edited_child_restored(
+    operator: Operator, api: httpx.Client, namespace: str
+) -> None:
+    create_endpoint(api, namespace, endpoint("drift", CPU_SPEC))
+    wait_for(
+        "LLMEndpoint drift to reach phase Ready", lambda: ready_status(api, namespace, "drift")
+    )
+    service_path = f"/api/v1/namespaces/{namespace}/services/drift-inference"
+    service = get(api, service_path)
+    assert service is not None
+    gateway_path = deployment_path(namespace, "drift-gateway")
+    gateway = get(api, gateway_path)
+    assert gateway is not None
+    [main] = gateway["spec"]["template"]["spec"]["containers"]
+
+    assert api.delete(service_path).status_code == 200
+    edit = {
+        "spec": {"template": {"spec": {"containers": [{"name": main["name"], "image": "x:1"}]}}}
+    }
+    strategic = {"Content-Type": "application/strategic-merge-patch+json"}
+    assert api.patch(gateway_path, json=edit, headers=strategic).status_code == 200
+
+    def recreated() -> dict[str, Any] | None:
+        now = get(api, service_path)
+        return now if now and now["metadata"]["uid"] != service["metadata"]["uid"] else None
+
+    again = wait_for("the deleted inference Service to be recreated", recreated)
+    assert again["spec"]["ports"] == service["spec"]["ports"]
+
+    def restored() -> bool:
+        now = get(api, gateway_path) or {}
+        [container] = now["spec"]["template"]["spec"]["containers"]
+        return bool(container["image"] == main["image"])
+
+    wait_for("the edited gateway image to be restored", restored)
+
+
+def test_an_operator_restart_mid_reconcile_converges_without_duplicates(
+    operator: Operator, api: httpx.Client, namespace: str
+) -> None:
+    create_endpoint(api, namespace, endpoint("restart", CPU_SPEC))
+    operator.restart()  # right after creation: the first reconcile is cut short or just done
+
+    wait_for(
+        "LLMEndpoint restart to reach phase Ready", lambda: ready_status(api, namespace, "restart")
+    )
+    selector = "app.kubernetes.io/instance=restart"
+    listed = {
+        kind: api.get(path, params={"labelSelector": selector}).json()["items"]
+        for kind, path in {
+            "deployments": f"/apis/apps/v1/namespaces/{namespace}/deployments",
+            "replicasets": f"/apis/apps/v1/namespaces/{namespace}/replicasets",
+            "services": f"/api/v1/namespaces/{namespace}/services",
+        }.items()
+    }
+    names = {kind: sorted(i["metadata"]["name"] for i in items) for kind, items in listed.items()}
+    assert names["deployments"] == ["restart-gateway", "restart-inference"]
+    assert names["services"] == ["restart-gateway", "restart-inference"]
+    assert len(names["replicasets"]) == 2  # one per Deployment: no spurious rollout
+    assert len(pods(api, namespace, "restart", "inference")) == 1
+
+
+def test_the_wake_annotation_scales_an_idle_endpoint_from_zero_to_one(
+    operator: Operator, api: httpx.Client, namespace: str
+) -> None:
+    spec = {"resources": {"gpus": 0}, "scaling": {"minReplicas": 0, "maxReplicas": 2}}
+    create_endpoint(api, namespace, endpoint("sleepy", spec))
+    path = deployment_path(namespace, "sleepy-inference")
+
+    def scaled_to_zero() -> bool:
+        body = get(api, f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/sleepy") or {}
+        deployment = get(api, path) or {}
+        phase = (body.get("status") or {}).get("phase")
+        return phase == "ScaledToZero" and deployment.get("spec", {}).get("replicas") == 0
+
+    wait_for("LLMEndpoint sleepy to settle at zero replicas", scaled_to_zero)
+
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    woken_at = time.monotonic()
+    patched = api.patch(
+        f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/sleepy",
+        json={"metadata": {"annotations": {"llmstream.dev/wake-requested-at": stamp}}},
+        headers=MERGE_PATCH,
+    )
+    assert patched.status_code == 200, patched.text
+
+    def one_replica() -> bool:
+        return bool((get(api, path) or {}).get("spec", {}).get("replicas") == 1)
+
+    wait_for("the wake annotation to scale the inference Deployment to 1", one_replica, 30)
+    latency = time.monotonic() - woken_at
+    wait_for("LLMEndpoint sleepy to be Ready again", lambda: ready_status(api, namespace, "sleepy"))
+    ready_latency = time.monotonic() - woken_at
+    print(f"wake latency: replicas=1 after {latency:.2f}s, Ready after {ready_latency:.2f}s")
+    assert latency < 10.0
