@@ -162,6 +162,7 @@ class LevelResult:
     max_ms: float | None
     failed_streams: int
     load_average: float | None = None
+    target_cpu_seconds: float | None = None
     target_cpu_percent: float | None = None
     source_cpu_percent: float | None = None
     loadgen_cpu_percent: float | None = None
@@ -169,6 +170,14 @@ class LevelResult:
     @property
     def delivered(self) -> float:
         return self.delivered_tokens / self.expected_tokens if self.expected_tokens else 0.0
+
+    @property
+    def cpu_ms_per_1k_tokens(self) -> float | None:
+        """CPU the relaying process spent per 1,000 delivered tokens: how much work each
+        design does per token, which other load on the machine barely changes."""
+        if self.target_cpu_seconds is None or not self.delivered_tokens:
+            return None
+        return 1e6 * self.target_cpu_seconds / self.delivered_tokens
 
     @property
     def sustained(self) -> bool:
@@ -397,7 +406,9 @@ def measure(stack: Stack, target: str, streams: int, seconds: float, ramp_s: flo
         source_cpu_percent=round(100 * (_cpu_seconds(stack.source.pid) - cpu0["source"]) / wall, 1),
     )
     if pid:
-        result.target_cpu_percent = round(100 * (_cpu_seconds(pid) - cpu0["target"]) / wall, 1)
+        used = _cpu_seconds(pid) - cpu0["target"]
+        result.target_cpu_seconds = round(used, 3)
+        result.target_cpu_percent = round(100 * used / wall, 1)
     return result
 
 
@@ -441,7 +452,23 @@ def summarize(results: list[LevelResult]) -> dict[str, Any]:
         target: max((r.streams for r in results if r.target == target and r.sustained), default=0)
         for target in TARGETS
     }
-    summary: dict[str, Any] = {"added_latency": added, "sustained_streams": sustained}
+    cpu = {
+        target: {
+            r.streams: round(r.cpu_ms_per_1k_tokens, 1)
+            for r in results
+            if r.target == target and r.cpu_ms_per_1k_tokens is not None
+        }
+        for target in ("relay", "gateway")
+    }
+    ratios = [cpu["gateway"][n] / cpu["relay"][n] for n in cpu["gateway"] if cpu["relay"].get(n)]
+    summary: dict[str, Any] = {
+        "added_latency": added,
+        "sustained_streams": sustained,
+        "cpu_ms_per_1k_tokens": cpu,
+        "cpu_per_token_ratio_gateway_vs_relay": round(sum(ratios) / len(ratios), 2)
+        if ratios
+        else None,
+    }
     if sustained["relay"]:
         summary["sustained_ratio_gateway_vs_relay"] = round(
             sustained["gateway"] / sustained["relay"], 2
@@ -466,8 +493,8 @@ def table(results: list[LevelResult]) -> str:
         if r is None or r.p50_ms is None or r.p99_ms is None:
             return "—"
         text = f"{r.p50_ms:.1f} / {r.p99_ms:.1f} ms, {100 * r.delivered:.0f}%"
-        if cpu and r.target_cpu_percent is not None:
-            text += f", CPU {r.target_cpu_percent:.0f}%"
+        if cpu and r.target_cpu_percent is not None and r.cpu_ms_per_1k_tokens is not None:
+            text += f", CPU {r.target_cpu_percent:.0f}% ({r.cpu_ms_per_1k_tokens:.0f} ms/1k tok)"
         return text
 
     lines = [
@@ -497,17 +524,26 @@ def plot(results: list[LevelResult], path: Path) -> None:
         axes[0].plot(xs, [r.p99_ms for r in rows], marker="o", label=target)
         axes[1].plot(xs, [100 * r.delivered for r in rows], marker="o", label=target)
         if target != "direct":
-            axes[2].plot(xs, [r.target_cpu_percent for r in rows], marker="o", label=target)
+            axes[2].plot(xs, [r.cpu_ms_per_1k_tokens for r in rows], marker="o", label=target)
     axes[0].set(title="p99 per-token latency", xlabel="streams at 10 tokens/s", ylabel="ms")
     axes[0].set_yscale("log")
     axes[1].set(title="tokens delivered in time", xlabel="streams", ylabel="%")
-    axes[2].set(title="relay process CPU", xlabel="streams", ylabel="% of one core")
+    axes[2].set(title="relay process CPU per token", xlabel="streams", ylabel="ms per 1k tokens")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"llmstream gateway vs raw websockets relay ({os.cpu_count()} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _row(result: LevelResult) -> dict[str, Any]:
+    cpu = result.cpu_ms_per_1k_tokens
+    return asdict(result) | {
+        "delivered": round(result.delivered, 4),
+        "sustained": result.sustained,
+        "cpu_ms_per_1k_tokens": None if cpu is None else round(cpu, 1),
+    }
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -554,8 +590,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "sustained_if": f">= {100 * SUSTAINED_DELIVERY:.0f}% delivered and p99 < "
             f"{SUSTAINED_P99_MS:.0f} ms",
         },
-        "results": [asdict(r) | {"delivered": round(r.delivered, 4)} for r in results],
-        "all_runs": [asdict(r) | {"delivered": round(r.delivered, 4)} for r in runs],
+        "results": [_row(r) for r in results],
+        "all_runs": [_row(r) for r in runs],
         "summary": summary,
         "table_markdown": table(results),
     }

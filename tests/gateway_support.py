@@ -37,6 +37,7 @@ class FakeBackend:
     delay_s: float = 0.0
     fail_delay_s: float = 0.0
     fail_after_tokens: int = 2
+    burst: bool = False  # every event in one write (a backend the gateway fell behind)
     retry_after: str = "1"
     ready: bool = True
     requests: int = 0
@@ -83,7 +84,14 @@ class FakeBackend:
                 data = {"type": "error", "code": "internal", "message": "engine exploded"}
                 await response.write(f"event: error\ndata: {json.dumps(data)}\n\n".encode())
                 return response
-            for index, text in enumerate(self.tokens):
+            if self.mode == "ok" and self.burst:
+                events = [
+                    {"type": "token", "id": None, "text": text, "index": index}
+                    for index, text in enumerate(self.tokens)
+                ]
+                blob = "".join(f"event: token\ndata: {json.dumps(e)}\n\n" for e in events)
+                await response.write(blob.encode())
+            for index, text in enumerate([] if self.burst else self.tokens):
                 if self.mode == "fail_after" and index == self.fail_after_tokens:
                     assert request.transport is not None
                     request.transport.abort()

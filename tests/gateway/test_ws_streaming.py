@@ -23,7 +23,9 @@ async def test_a_stream_relays_every_token_then_done_with_usage_and_timing(
         frames = await collect(ws, "q1")
     tokens = [f for f in frames if f["type"] == "token"]
     assert "".join(t["text"] for t in tokens) == "Hello there, friend!"
-    assert [t["index"] for t in tokens] == [0, 1, 2, 3, 4]
+    indices = [t["index"] for t in tokens]
+    assert indices[0] == 0
+    assert indices == sorted(set(indices))
     done = frames[-1]
     assert done["type"] == "done"
     assert done["finish_reason"] == "length"
@@ -55,10 +57,9 @@ async def test_streams_on_one_connection_interleave(fake_backend, gateway, http)
             order.append(frame["id"])
             if frame["type"] == "done":
                 done.add(frame["id"])
-    # Every stream got all its frames, and they were mixed on the wire, not one after another.
-    assert sorted(order) == sorted(["a"] * 6 + ["b"] * 6 + ["c"] * 6)
-    first_done = min(order.index(i) + 5 for i in "abc")
-    assert len(set(order[:first_done])) == 3
+    # Frames of the three streams were mixed on the wire, not sent one stream after another.
+    first_done = min(len(order) - order[::-1].index(i) - 1 for i in "abc")
+    assert set(order[:first_done]) == {"a", "b", "c"}
 
 
 async def test_cancel_ends_the_stream_with_finish_reason_cancelled_and_closes_the_backend(
@@ -76,6 +77,16 @@ async def test_cancel_ends_the_stream_with_finish_reason_cancelled_and_closes_th
     assert frames[-1]["finish_reason"] == "cancelled"
     await wait_for(lambda: backend.cancelled == 1)
     assert backend.completed == 0
+
+
+async def test_tokens_that_arrive_together_go_out_as_one_frame(fake_backend, gateway, http):
+    backend = await fake_backend(burst=True)
+    gw = await gateway(backends=(backend.url,))
+    async with http.ws_connect(gw.ws_url) as ws:
+        await ws.send_json(generate("q1"))
+        frames = await collect(ws, "q1")
+    assert frames[0] == {"type": "token", "id": "q1", "text": "Hello there, friend!", "index": 0}
+    assert frames[1]["usage"]["completion_tokens"] == 5
 
 
 async def test_client_disconnect_cancels_the_backend_stream(fake_backend, gateway, http):
@@ -96,7 +107,8 @@ async def test_backend_dying_after_the_first_token_ends_the_stream_with_backend_
     async with http.ws_connect(gw.ws_url) as ws:
         await ws.send_json(generate("q1"))
         frames = await collect(ws, "q1")
-    assert [f["type"] for f in frames] == ["token", "token", "error"]
+    assert "".join(f["text"] for f in frames[:-1]) == "Hello there"
+    assert frames[-1]["type"] == "error"
     assert frames[-1]["code"] == "backend_failed"
     assert backend.requests == 1  # never retried once tokens were sent
 
