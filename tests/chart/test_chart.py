@@ -212,17 +212,20 @@ def test_cluster_scope_grants_exactly_the_operator_clusterrole_rules(
     assert by_kind(default_render, "Role") == []
 
 
-def test_namespace_scope_uses_a_role_per_watched_namespace_and_no_cluster_rbac(
+def test_namespace_scope_uses_a_role_per_watched_namespace_and_reads_only_cluster_wide(
     custom_render: list[Manifest],
 ) -> None:
     source = load_yaml(ROOT / "operator" / "rbac" / "clusterrole.yaml")
-    namespaced_rules = [
-        rule
-        for rule in source["rules"]
-        if not set(rule["resources"]) & {"namespaces", "customresourcedefinitions"}
-    ]
-    assert by_kind(custom_render, "ClusterRole") == []
-    assert by_kind(custom_render, "ClusterRoleBinding") == []
+    cluster_kinds = {"namespaces", "customresourcedefinitions"}
+    namespaced_rules = [r for r in source["rules"] if not set(r["resources"]) & cluster_kinds]
+    scanning_rules = [r for r in source["rules"] if set(r["resources"]) & cluster_kinds]
+    scanning = one(custom_render, "ClusterRole")
+    assert scanning["rules"] == scanning_rules
+    assert {verb for rule in scanning["rules"] for verb in rule["verbs"]} == {"list", "watch"}
+    assert (
+        one(custom_render, "ClusterRoleBinding")["roleRef"]["name"]
+        == (scanning["metadata"]["name"])
+    )
     roles = by_kind(custom_render, "Role")
     bindings = by_kind(custom_render, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -236,6 +239,15 @@ def test_namespace_scope_uses_a_role_per_watched_namespace_and_no_cluster_rbac(
     assert (
         env_of(operator_container(custom_render))["LLMSTREAM_OPERATOR_NAMESPACE"] == "team-a,team-b"
     )
+
+
+def test_namespace_scope_can_go_without_any_cluster_scoped_rbac(helm: Path) -> None:
+    manifests = render(
+        helm, "--set", "operator.scope=namespace", "--set", "rbac.clusterScanning=false"
+    )
+    assert by_kind(manifests, "ClusterRole") == []
+    assert by_kind(manifests, "ClusterRoleBinding") == []
+    assert len(by_kind(manifests, "Role")) == 1
 
 
 def test_namespace_scope_without_a_list_watches_the_release_namespace(helm: Path) -> None:

@@ -47,22 +47,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/*
 The operator's rules, read from files/operator-clusterrole.yaml: a byte-equal copy of
-operator/rbac/clusterrole.yaml (the single source, checked by a test). In namespace scope
-the rules on cluster-scoped resources are left out, as a Role cannot grant them (kopf then
-watches the namespaces it was given, without cluster scanning).
+operator/rbac/clusterrole.yaml (the single source, checked by a test). `part` selects:
+all (cluster scope), namespaced (the Role of namespace scope: a Role cannot grant
+cluster-scoped resources), or clusterScoped (the read-only namespace/CRD scanning rules that
+namespace scope keeps in a small ClusterRole so kopf can notice the CRD).
 */}}
 {{- define "llmstream.rules" -}}
 {{- $source := .Files.Get "files/operator-clusterrole.yaml" | fromYaml -}}
 {{- $clusterScoped := list "namespaces" "customresourcedefinitions" -}}
 {{- $rules := list -}}
 {{- range $source.rules -}}
-{{- $keep := true -}}
-{{- if $.namespaced -}}
+{{- $scoped := false -}}
 {{- range .resources -}}
-{{- if has . $clusterScoped -}}{{- $keep = false -}}{{- end -}}
+{{- if has . $clusterScoped -}}{{- $scoped = true -}}{{- end -}}
 {{- end -}}
+{{- if or (eq $.part "all") (and (eq $.part "namespaced") (not $scoped)) (and (eq $.part "clusterScoped") $scoped) -}}
+{{- $rules = append $rules . -}}
 {{- end -}}
-{{- if $keep -}}{{- $rules = append $rules . -}}{{- end -}}
 {{- end -}}
 {{- toYaml $rules -}}
 {{- end -}}
