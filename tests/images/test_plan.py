@@ -1,0 +1,124 @@
+"""Image build planning and the Dockerfiles' invariants (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tools.images import plan
+
+ROOT = plan.ROOT
+DOCKERFILES = {name: ROOT / name / "Dockerfile" for name in plan.IMAGES}
+
+
+def declared_args(dockerfile: Path) -> dict[str, str]:
+    args = re.findall(r"^ARG (\w+)(?:=(.*))?$", dockerfile.read_text(), re.MULTILINE)
+    return {name: default.strip('"') for name, default in args}
+
+
+def test_build_command_tags_the_image_and_uses_the_repository_root_as_context() -> None:
+    spec = plan.image_spec("gateway")
+    options = plan.BuildOptions(base="b:1", tag="9.9.9", ca_bundle=Path("/ca.pem"))
+    command = plan.build_command(["docker", "build"], spec, options)
+    assert command[:2] == ["docker", "build"]
+    assert command[command.index("--file") + 1] == str(ROOT / "gateway" / "Dockerfile")
+    assert command[command.index("--tag") + 1] == "llmstream/gateway:9.9.9"
+    assert "BASE_IMAGE=b:1" in command
+    assert command[command.index("--secret") + 1] == "id=cacert,src=/ca.pem"
+    assert command[-1] == str(ROOT)
+
+
+def test_torch_and_model_arguments_go_to_the_inference_image_only() -> None:
+    options = plan.BuildOptions(torch="cpu", bake_default_model=False, torch_index_url="https://i")
+    inference = plan.build_args(plan.image_spec("inference"), options)
+    gateway = plan.build_args(plan.image_spec("gateway"), options)
+    assert inference["TORCH_VARIANT"] == "cpu"
+    assert inference["BAKE_DEFAULT_MODEL"] == "false"
+    assert inference["TORCH_INDEX_URL"] == "https://i"
+    assert not {"TORCH_VARIANT", "BAKE_DEFAULT_MODEL", "TORCH_INDEX_URL"} & set(gateway)
+
+
+@pytest.mark.parametrize("name", plan.IMAGES)
+def test_every_planned_build_arg_is_declared_by_the_dockerfile(name: str) -> None:
+    options = plan.BuildOptions(pip_index_url="https://p", torch_index_url="https://t")
+    passed = set(plan.build_args(plan.image_spec(name), options))
+    assert passed <= set(declared_args(DOCKERFILES[name]))
+
+
+def test_unknown_image_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match="inference, gateway, operator"):
+        plan.image_spec("database")
+
+
+@pytest.mark.parametrize(
+    ("requested", "public_available", "chosen"),
+    [
+        ("auto", True, plan.PUBLIC_BASE),
+        ("auto", False, plan.LOCAL_BASE),
+        ("debian:custom", False, "debian:custom"),
+    ],
+)
+def test_base_image_choice(requested: str, public_available: bool, chosen: str) -> None:
+    assert plan.choose_base(requested, public_available) == chosen
+
+
+@pytest.mark.parametrize("name", plan.IMAGES)
+def test_dockerfile_defaults_to_the_pinned_public_base(name: str) -> None:
+    assert declared_args(DOCKERFILES[name])["BASE_IMAGE"] == plan.PUBLIC_BASE
+    assert re.search(r":\d+\.\d+\.\d+-slim-bookworm$", plan.PUBLIC_BASE)
+
+
+@pytest.mark.parametrize("name", plan.IMAGES)
+def test_dockerfile_runs_as_numeric_non_root_user_with_oci_labels(name: str) -> None:
+    text = DOCKERFILES[name].read_text()
+    users = re.findall(r"^USER (.+)$", text, re.MULTILINE)
+    assert users == ["10001:10001"]
+    for label in ("title", "version", "revision", "created", "licenses", "source"):
+        assert f"org.opencontainers.image.{label}=" in text
+
+
+@pytest.mark.parametrize("name", plan.IMAGES)
+def test_dockerfile_installs_with_the_constraints_and_a_pip_cache_mount(name: str) -> None:
+    text = DOCKERFILES[name].read_text()
+    assert "-c /src/constraints.txt" in text
+    assert f"--mount=type=cache,id={plan.PIP_CACHE_ID},target=/root/.cache/pip" in text
+
+
+@pytest.mark.parametrize("name", ["gateway", "operator"])
+def test_slim_images_install_no_torch(name: str) -> None:
+    text = DOCKERFILES[name].read_text()
+    assert f'"/src[{name}]"' in text
+    assert "[inference]" not in text
+    assert "torch_pin" not in text
+
+
+def test_constraints_agree_with_every_pin_in_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [*project["dependencies"]]
+    for extra, requirements in project["optional-dependencies"].items():
+        if extra != "all":
+            pins += requirements
+    constraints = {
+        line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+        for line in (ROOT / "tools" / "images" / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    for pin in pins:
+        name, version = pin.split("==")
+        assert constraints.get(name.lower().replace("_", "-")) == version, pin
+
+
+def test_dockerignore_lets_in_exactly_what_the_dockerfiles_copy() -> None:
+    allowed = [
+        line[1:].removesuffix("/**")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    for dockerfile in DOCKERFILES.values():
+        for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile.read_text(), re.M):
+            for source in sources.split():
+                assert source in allowed, f"{dockerfile}: {source} is not in .dockerignore"
+    assert ".venv" not in allowed
