@@ -92,6 +92,15 @@ def _check_limits(args: argparse.Namespace) -> str | None:
     return None
 
 
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _quiet_probes(record: Any) -> bool:
+    """Drop access-log lines of successful probes and scrapes (they arrive every second)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (len(args) >= 5 and args[2] in PROBE_PATHS and args[4] == 200)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -108,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("uvicorn.access").addFilter(_quiet_probes)
     problem = _check_limits(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -68,3 +68,22 @@ def test_a_malformed_environment_variable_is_named(monkeypatch: pytest.MonkeyPat
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "LLMSTREAM_MAX_WAITING='lots'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "kept"),
+    [
+        ("/readyz", 200, False),
+        ("/metrics", 200, False),
+        ("/readyz", 503, True),
+        ("/v1/generate", 200, True),
+    ],  # fmt: skip
+)
+def test_access_log_drops_only_successful_probes(path: str, status: int, kept: bool) -> None:
+    import logging
+
+    from llmstream_inference.cli import _quiet_probes
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, "%s %s %s %s %d",
+                               ("127.0.0.1:1", "GET", path, "1.1", status), None)  # fmt: skip
+    assert _quiet_probes(record) is kept
