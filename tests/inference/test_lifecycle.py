@@ -77,7 +77,7 @@ def test_a_malformed_environment_variable_is_named(monkeypatch: pytest.MonkeyPat
         ("/metrics", 200, False),
         ("/readyz", 503, True),
         ("/v1/generate", 200, True),
-    ],  # fmt: skip
+    ],
 )
 def test_access_log_drops_only_successful_probes(path: str, status: int, kept: bool) -> None:
     import logging
