@@ -15,9 +15,10 @@ PYTEST_ARGS ?=
 
 .PHONY: help install demo test test-fast lint fmt clean tools model bench bench-inference bench-gateway
 .PHONY: cluster-bin cluster-bin-for-tests cluster-up
+.PHONY: images image-base helm-lint chart-sync e2e
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv and install llmstream (editable) with every extra; a no-op when nothing changed
 
@@ -74,3 +75,21 @@ bench-gateway: install ## gateway vs raw websockets relay vs direct: added laten
 clean: ## remove the venv and build outputs (the model cache in $(LLMSTREAM_HOME) stays)
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Images, chart and kind end-to-end tests (docs/install.md). TORCH_VARIANT=cpu|cuda,
+# BAKE_DEFAULT_MODEL=true|false, BASE_IMAGE=auto|<image>, IMAGE_TAG are read by tools.images.
+images: install ## build llmstream/{inference,gateway,operator} (BuildKit; debootstrap base where no registry)
+	@nice -n 10 $(PY) -m tools.images build
+
+image-base: install ## build the local debootstrap stand-in for python:3.11-slim (no registry needed)
+	@$(PY) -m tools.images base
+
+helm-lint: install ## helm lint + helm template checked by strict schemas (1.30, 1.35), offline
+	@$(VENV)/bin/pytest tests/chart $(PYTEST_ARGS)
+
+chart-sync: ## copy crds/ and operator/rbac/clusterrole.yaml into charts/llmstream (tests check equality)
+	@cp crds/*.yaml charts/llmstream/crds/
+	@cp operator/rbac/clusterrole.yaml charts/llmstream/files/operator-clusterrole.yaml
+
+e2e: install tools ## kind end-to-end tests: fails (never skips) without Docker, kind or the kind node image
+	@LLMSTREAM_E2E_REQUIRED=1 $(VENV)/bin/pytest -m e2e e2e $(PYTEST_ARGS)
