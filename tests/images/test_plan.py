@@ -122,3 +122,14 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfiles_copy() -> None:
             for source in sources.split():
                 assert source in allowed, f"{dockerfile}: {source} is not in .dockerignore"
     assert ".venv" not in allowed
+
+
+def test_build_command_line_defaults_to_every_image_and_refuses_unknown_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tools.images.__main__ import build_parser, main
+
+    assert build_parser().parse_args(["build"]).images == []
+    assert build_parser().parse_args(["build", "gateway"]).images == ["gateway"]
+    assert main(["build", "database"]) == 2
+    assert "unknown image 'database'" in capsys.readouterr().err

@@ -42,6 +42,7 @@ def _resolve_base(docker: engine.Docker, requested: str) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
+    specs = [plan.image_spec(name) for name in args.images or plan.IMAGES]
     docker = engine.find_docker()
     _log(f">> docker engine {docker.server_version} via {' '.join(docker.build)}")
     options = plan.BuildOptions(
@@ -55,8 +56,7 @@ def _build(args: argparse.Namespace) -> int:
         revision=_revision(),
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    for name in args.images:
-        spec = plan.image_spec(name)
+    for spec in specs:
         command = ["nice", "-n", "10", *plan.build_command(list(docker.build), spec, options)]
         _log(f">> building {spec.ref(options.tag)} from {options.base}")
         started = time.monotonic()
@@ -114,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.images", description=__doc__)
     actions = parser.add_subparsers(dest="action", required=True)
     build = actions.add_parser("build", help="build the images (BuildKit, pip cache mount)")
-    build.add_argument("images", nargs="*", default=list(plan.IMAGES), choices=plan.IMAGES)
+    # No argparse `choices` here: with nargs="*" it rejects the default list; image_spec()
+    # refuses unknown names instead.
+    build.add_argument(
+        "images", nargs="*", metavar="IMAGE", help=f"default: all of {', '.join(plan.IMAGES)}"
+    )
     build.add_argument(
         "--base",
         default=os.environ.get("BASE_IMAGE", "auto"),
