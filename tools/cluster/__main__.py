@@ -55,20 +55,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     started = time.monotonic()
     with ControlPlane(found, workdir=args.workdir) as plane:
-        print(
-            f"control plane (Kubernetes {found.kubernetes_version}) up in "
-            f"{time.monotonic() - started:.1f}s; logs in {plane.workdir / 'logs'}"
-        )
-        print(f"export KUBECONFIG={plane.kubeconfig}")
-        print(
-            f"export PATH={found.kubectl.parent}:$PATH   # kubectl {versions.KUBECTL_VERSION},"
-            f" helm {versions.HELM_VERSION}"
-        )
-        print("Ctrl-C stops it and removes every process and file.", flush=True)
+        # Everything after start-up sits inside the try: a Ctrl-C that arrives as soon as the
+        # KUBECONFIG line is out must still end in an orderly stop and exit status 0.
         try:
+            print(
+                f"control plane (Kubernetes {found.kubernetes_version}) up in "
+                f"{time.monotonic() - started:.1f}s; logs in {plane.workdir / 'logs'}"
+            )
+            print(f"export KUBECONFIG={plane.kubeconfig}")
+            print(
+                f"export PATH={found.kubectl.parent}:$PATH   # kubectl {versions.KUBECTL_VERSION},"
+                f" helm {versions.HELM_VERSION}"
+            )
+            print("Ctrl-C stops it and removes every process and file.", flush=True)
             plane.wait()
         except KeyboardInterrupt:
-            print("\nstopping")
+            print("\nstopping", flush=True)
     return 0
 
 
