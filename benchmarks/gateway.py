@@ -78,7 +78,8 @@ def run_source(port: int, rate: float) -> None:
         try:
             for index in range(count):
                 now_ns = time.monotonic_ns()
-                data = f'{{"type":"token","id":null,"text":"{now_ns}","index":{index}}}'
+                # `;` ends each timestamp, so tokens coalesced into one frame stay readable.
+                data = f'{{"type":"token","id":null,"text":"{now_ns};","index":{index}}}'
                 await response.write(f"event: token\ndata: {data}\n\n".encode())
                 await asyncio.sleep(max(0.0, start + (index + 1) * interval - loop.time()))
             done = {
@@ -219,10 +220,11 @@ def run_loadgen(mode: str, url: str, streams: int, tokens: int, ramp_s: float) -
                     if event["type"] != "token":
                         return
                     received = time.monotonic_ns()
-                    seen += 1
-                    delivered += 1
-                    if seen > 1:  # the first token also pays for the connection set-up
-                        latencies.append(received - int(event["text"]))
+                    for stamp in event["text"].split(";")[:-1]:
+                        seen += 1
+                        delivered += 1
+                        if seen > 1:  # the first token also pays for the connection set-up
+                            latencies.append(received - int(stamp))
         except (TimeoutError, aiohttp.ClientError, OSError):
             failed += 1
 
@@ -247,10 +249,11 @@ def run_loadgen(mode: str, url: str, streams: int, tokens: int, ramp_s: float) -
                         event = json.loads(raw.split(b"data: ", 1)[1])
                         if event["type"] != "token":
                             return
-                        seen += 1
-                        delivered += 1
-                        if seen > 1:
-                            latencies.append(received - int(event["text"]))
+                        for stamp in event["text"].split(";")[:-1]:
+                            seen += 1
+                            delivered += 1
+                            if seen > 1:
+                                latencies.append(received - int(stamp))
         except (TimeoutError, aiohttp.ClientError, OSError):
             failed += 1
 
@@ -518,13 +521,15 @@ def plot(results: list[LevelResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    colors = {"direct": "tab:blue", "relay": "tab:orange", "gateway": "tab:green"}
     for target in TARGETS:
         rows = sorted((r for r in results if r.target == target), key=lambda r: r.streams)
         xs = [r.streams for r in rows]
-        axes[0].plot(xs, [r.p99_ms for r in rows], marker="o", label=target)
-        axes[1].plot(xs, [100 * r.delivered for r in rows], marker="o", label=target)
+        style = {"marker": "o", "label": target, "color": colors[target]}
+        axes[0].plot(xs, [r.p99_ms for r in rows], **style)
+        axes[1].plot(xs, [100 * r.delivered for r in rows], **style)
         if target != "direct":
-            axes[2].plot(xs, [r.cpu_ms_per_1k_tokens for r in rows], marker="o", label=target)
+            axes[2].plot(xs, [r.cpu_ms_per_1k_tokens for r in rows], **style)
     axes[0].set(title="p99 per-token latency", xlabel="streams at 10 tokens/s", ylabel="ms")
     axes[0].set_yscale("log")
     axes[1].set(title="tokens delivered in time", xlabel="streams", ylabel="%")
@@ -608,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m benchmarks.gateway [--out DIR]` or one of the role sub-commands."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gateway", description=__doc__)
     parser.add_argument("--out", default="bench-results")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw the PNG from an existing gateway.json"
+    )
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--seconds", type=float, default=8.0, help="tokens streamed per level")
@@ -638,6 +646,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "loadgen":
         _raise_fd_limit()
         run_loadgen(args.mode, args.url, args.streams, args.tokens, args.ramp)
+        return 0
+    if args.replot:
+        report = json.loads((Path(args.out) / "gateway.json").read_text())
+        fields = set(LevelResult.__dataclass_fields__)
+        rows = [
+            LevelResult(**{k: v for k, v in r.items() if k in fields}) for r in report["results"]
+        ]
+        plot(rows, Path(args.out) / "gateway.png")
         return 0
     return run_benchmark(args)
 
