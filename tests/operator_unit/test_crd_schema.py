@@ -221,7 +221,8 @@ def test_cel_rules_name_the_field_they_guard() -> None:
     scaling = schema["properties"]["spec"]["properties"]["scaling"]
     assert scaling["x-kubernetes-validations"] == [
         {
-            "rule": "self.minReplicas <= self.maxReplicas",
+            "rule": "!has(self.minReplicas) || !has(self.maxReplicas) "
+            "|| self.minReplicas <= self.maxReplicas",
             "message": "scaling.minReplicas must be <= scaling.maxReplicas",
         }
     ]
