@@ -393,6 +393,7 @@ class Engine:
             self._remove_running(seq)
         elif seq in self._prefilling:
             self._prefilling.remove(seq)
+            seq.prefill_cache = None
         elif seq in self._waiting:
             self._waiting.remove(seq)
         self._finalise(seq, reason)
@@ -423,7 +424,11 @@ class Engine:
         outbox, self._outbox = self._outbox, {}
         for seq in outbox:
             events, seq.pending = seq.pending, []
-            seq.sink.deliver(events)
+            try:
+                seq.sink.deliver(events)
+            except Exception:  # the consumer is gone (e.g. its event loop closed)
+                log.warning("dropping sequence %d: its consumer cannot receive events", seq.id)
+                self.cancel(seq)
 
 
 class Stream:

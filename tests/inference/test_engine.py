@@ -1,0 +1,84 @@
+"""Engine behaviour that HTTP cannot observe directly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from llmstream_inference.engine import Engine, EngineConfig, Event, Finished, TokenDelta
+from llmstream_inference.runner import ModelRunner
+from llmstream_inference.sampling import Defaults, ResolvedSampling, resolve
+
+from llmstream.wire import SamplingParams
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+
+    def deliver(self, events: list[Event]) -> None:
+        self.events.extend(events)
+        if any(isinstance(e, Finished) for e in events):
+            self.done.set()
+
+
+class BrokenSink(ListSink):
+    def deliver(self, events: list[Event]) -> None:
+        raise RuntimeError("Event loop is closed")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[Engine]:
+    running = Engine(ModelRunner(tiny_model_dir), EngineConfig(max_batch_size=4, max_waiting=4))
+    running.start()
+    yield running
+    running.stop()
+
+
+def greedy(n: int) -> ResolvedSampling:
+    return resolve(SamplingParams(max_new_tokens=n, temperature=0), Defaults())
+
+
+def test_a_consumer_that_cannot_receive_is_dropped_and_others_continue(engine: Engine) -> None:
+    ids = engine.runner.tokenizer("Kubernetes runs containers")["input_ids"]
+    engine.submit(ids, greedy(200), BrokenSink())
+    healthy = ListSink()
+    engine.submit(ids, greedy(10), healthy)
+    assert healthy.done.wait(30)
+    finished = [e for e in healthy.events if isinstance(e, Finished)]
+    assert finished[0].completion_tokens == 10
+    for _ in range(300):
+        if engine.running == 0:
+            break
+        threading.Event().wait(0.01)
+    assert engine.running == 0
+
+
+def test_cancelling_a_queued_sequence_ends_it_without_tokens(engine: Engine) -> None:
+    ids = engine.runner.tokenizer("Count slowly")["input_ids"]
+    blockers = [ListSink() for _ in range(4)]
+    seqs = [engine.submit(ids, greedy(300), s) for s in blockers]
+    queued = ListSink()
+    seq = engine.submit(ids, greedy(5), queued)
+    engine.cancel(seq)
+    assert queued.done.wait(30)
+    assert [type(e) for e in queued.events] == [Finished]
+    assert isinstance(queued.events[0], Finished)
+    assert queued.events[0].reason == "cancelled"
+    for s in seqs:
+        engine.cancel(s)
+    assert all(b.done.wait(30) for b in blockers)
+
+
+def test_text_arrives_in_increasing_index_order(engine: Engine) -> None:
+    async def run() -> list[int]:
+        ids = engine.runner.tokenizer("Pack my box")["input_ids"]
+        return [e.index async for e in engine.open(ids, greedy(20)) if isinstance(e, TokenDelta)]
+
+    indices = asyncio.run(run())
+    assert indices == list(range(len(indices)))
+    assert indices
