@@ -10,7 +10,7 @@ from typing import Any
 from llmstream.envargs import add_env_argument
 
 from . import names
-from .runtime import DEFAULT_INTERVAL_SECONDS, DEFAULT_LIVENESS_PORT, DEFAULT_METRICS_PORT
+from .names import DEFAULT_INTERVAL_SECONDS, DEFAULT_LIVENESS_PORT, DEFAULT_METRICS_PORT
 
 ENV_PREFIX = "LLMSTREAM_OPERATOR"
 

@@ -41,6 +41,12 @@ LABEL_SERVICE_NAME: Final = "kubernetes.io/service-name"
 INFERENCE: Final = "inference"
 GATEWAY: Final = "gateway"
 
+# The operator's own defaults (here, not in runtime.py, so the umbrella CLI can build its
+# parser in the inference image, which has none of the operator's dependencies).
+DEFAULT_INTERVAL_SECONDS: Final = 2.0
+DEFAULT_METRICS_PORT: Final = 9090
+DEFAULT_LIVENESS_PORT: Final = 8081
+
 INFERENCE_PORT: Final = 8000
 GATEWAY_PORT: Final = 8080
 PORT_NAME: Final = "http"

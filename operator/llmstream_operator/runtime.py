@@ -13,12 +13,18 @@ from .builders import BuildSettings
 from .kube import KubeClient
 from .loadprobe import LoadProbe
 from .metrics import OperatorMetrics, start_metrics_server
+from .names import DEFAULT_INTERVAL_SECONDS, DEFAULT_LIVENESS_PORT, DEFAULT_METRICS_PORT
 from .policy import LoadSample, prune
 from .spec import ScalingSpec
 
-DEFAULT_INTERVAL_SECONDS = 2.0
-DEFAULT_METRICS_PORT = 9090
-DEFAULT_LIVENESS_PORT = 8081
+__all__ = [
+    "DEFAULT_INTERVAL_SECONDS",
+    "DEFAULT_LIVENESS_PORT",
+    "DEFAULT_METRICS_PORT",
+    "EndpointState",
+    "OperatorRuntime",
+    "OperatorSettings",
+]
 
 
 @dataclass(frozen=True)

@@ -133,3 +133,23 @@ def test_build_command_line_defaults_to_every_image_and_refuses_unknown_ones(
     assert build_parser().parse_args(["build", "gateway"]).images == ["gateway"]
     assert main(["build", "database"]) == 2
     assert "unknown image 'database'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("image", "absent"),
+    [
+        ("inference", ["aiohttp", "websockets", "uvloop", "kopf", "kubernetes"]),
+        ("gateway", ["torch", "transformers", "kopf", "kubernetes"]),
+        ("operator", ["torch", "transformers", "websockets", "uvloop"]),
+    ],
+)
+def test_umbrella_cli_builds_its_parser_with_only_one_images_dependencies(
+    image: str, absent: list[str]
+) -> None:
+    import subprocess
+    import sys
+
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in absent)
+    code = f"import sys; {blocked}; from llmstream.cli import build_parser; build_parser()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, f"{image} image: {result.stderr[-800:]}"
