@@ -88,6 +88,22 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Service whose EndpointSlices list the backends (<endpoint>-inference)",
     )
+    add_env_argument(
+        parser,
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="kubeconfig for --discovery kubernetes outside a pod (default: the pod's account)",
+    )
+    parser.add_argument(
+        "--backend-address-map",
+        action="append",
+        dest="backend_address_map",
+        default=None,
+        metavar="NETWORK=HOST:PORT",
+        help="reach discovered backends in NETWORK at HOST:PORT (repeatable; outside a cluster) "
+        "[env LLMSTREAM_BACKEND_ADDRESS_MAP, comma-separated]",
+    )
     add_env_argument(parser, "--max-pending-streams", type=int, default=100, help="hold cap")
     add_env_argument(
         parser,
@@ -144,13 +160,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from .config import GatewayConfig
+    from .config import BackendAddressMapping, GatewayConfig
     from .server import serve
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     backends = args.backend or _split_backends(os.environ.get("LLMSTREAM_BACKENDS", ""))
+    address_map = args.backend_address_map or _split_backends(
+        os.environ.get("LLMSTREAM_BACKEND_ADDRESS_MAP", "")
+    )
+    try:
+        mappings = tuple(BackendAddressMapping.parse(text) for text in address_map)
+    except ValueError as exc:
+        print(f"error: --backend-address-map: {exc}", file=sys.stderr)
+        return 2
     try:
         config = GatewayConfig(
             endpoint=args.endpoint,
@@ -165,6 +189,8 @@ def _serve(args: argparse.Namespace) -> int:
             api_key=_api_key(args),
             idle_timeout_s=args.idle_timeout,
             max_frame_bytes=args.max_frame_bytes,
+            kubeconfig=args.kubeconfig,
+            backend_address_map=mappings,
         )
     except ValidationError as exc:
         from llmstream.wire import describe_validation_error

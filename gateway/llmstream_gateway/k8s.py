@@ -1,6 +1,7 @@
 """Kubernetes I/O of the gateway: EndpointSlice watch (backends) and the wake annotation.
 
-Both use the asyncio Kubernetes client with the pod's service account (in-cluster config);
+Both use the asyncio Kubernetes client with the pod's service account (in-cluster config), or
+with a kubeconfig (`--kubeconfig`) when the gateway runs outside the cluster;
 the decisions they apply are pure (`readiness_from_slices`, `should_wake`).
 """
 
@@ -9,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio import watch as kwatch
 
 from .activator import WAKE_MIN_INTERVAL_S, should_wake
 from .backends import BackendSet
-from .config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION
-from .discovery import readiness_from_slices
+from .config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION, BackendAddressMapping
+from .discovery import mapped_readiness, mapped_url, readiness_from_slices
 
 log = logging.getLogger("llmstream.gateway.kubernetes")
 WATCH_TIMEOUT_S = 300
@@ -35,8 +38,20 @@ def incluster_configuration() -> kclient.Configuration:
     except kconfig.ConfigException as exc:
         raise RuntimeError(
             f"--discovery kubernetes needs the pod's service account (in-cluster config): {exc}; "
-            "outside a cluster use --discovery static with --backend URL"
+            "outside a cluster give --kubeconfig PATH, or use --discovery static with --backend URL"
         ) from exc
+    return configuration
+
+
+async def kubeconfig_configuration(path: Path) -> kclient.Configuration:
+    """API server address and credentials from a kubeconfig file (its current context)."""
+    configuration = kclient.Configuration()
+    try:
+        await kconfig.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(path), client_configuration=configuration, persist_config=False
+        )
+    except (kconfig.ConfigException, OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+        raise RuntimeError(f"cannot use --kubeconfig {path}: {exc}") from exc
     return configuration
 
 
@@ -60,17 +75,31 @@ class KubernetesDiscovery:
         service: str,
         backends: BackendSet,
         on_ready: Callable[[], None],
+        address_map: Sequence[BackendAddressMapping] = (),
     ) -> None:
         self.configuration = configuration
         self.namespace = namespace
         self.selector = f"kubernetes.io/service-name={service}"
         self.backends = backends
         self.on_ready = on_ready
+        self.address_map = tuple(address_map)
         self.slices: dict[str, dict[str, Any]] = {}
+        self._mapped_seen: set[str] = set()
 
     def _apply(self) -> None:
-        if self.backends.update(readiness_from_slices(self.slices.values())):
+        readiness = readiness_from_slices(self.slices.values())
+        if self.address_map:
+            self._log_new_mappings(readiness)
+            readiness = mapped_readiness(readiness, self.address_map)
+        if self.backends.update(readiness):
             self.on_ready()
+
+    def _log_new_mappings(self, readiness: dict[str, bool]) -> None:
+        for url in readiness.keys() - self._mapped_seen:
+            target = mapped_url(url, self.address_map)
+            if target != url:
+                log.info("backend %s is reached at %s (--backend-address-map)", url, target)
+            self._mapped_seen.add(url)
 
     async def run(self) -> None:
         """List, then watch, forever; on any error start over after a short delay."""

@@ -111,6 +111,7 @@ class Gateway:
                 self.config.service_name,
                 self.backends,
                 self.activator.place_waiting,
+                self.config.backend_address_map,
             ).run()
         else:
             assert self._session is not None
@@ -251,10 +252,15 @@ def serve(config: GatewayConfig, host: str, port: int) -> None:
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
+    kube_configuration = None
+    if config.kubeconfig is not None:
+        from .k8s import kubeconfig_configuration
+
+        kube_configuration = asyncio.run(kubeconfig_configuration(config.kubeconfig))
     loop = loop_factory() if loop_factory else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(
-        create_app(config),
+        create_app(config, kube_configuration=kube_configuration),
         host=host,
         port=port,
         access_log_class=RedactingAccessLogger,
