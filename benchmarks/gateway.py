@@ -362,6 +362,19 @@ class Stack:
             "gateway": f"ws://127.0.0.1:{self.gateway_port}/v1/ws",
         }
 
+    def wait_quiet(self, timeout_s: float = 20.0) -> None:
+        """Wait until the previous measurement's leftovers (streams still draining after an
+        overload) stop using CPU, so they are not billed to the next one."""
+        pids = [self.source.pid, self.relay.pid, self.gateway.pid]
+        deadline = time.monotonic() + timeout_s
+        before = sum(_cpu_seconds(pid) for pid in pids)
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            after = sum(_cpu_seconds(pid) for pid in pids)
+            if after - before < 0.03:
+                return
+            before = after
+
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("wb")
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -568,8 +581,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     runs: list[LevelResult] = []
     try:
         for repeat in range(args.repeats):
+            # Alternate the order so no design always runs right after another's overload.
+            order = args.targets if repeat % 2 == 0 else list(reversed(args.targets))
             for streams in args.levels:
-                for target in args.targets:
+                for target in order:
+                    stack.wait_quiet()
                     result = measure(stack, target, streams, args.seconds, args.ramp)
                     runs.append(result)
                     print(
@@ -579,7 +595,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
                         f"load {result.load_average}",
                         flush=True,
                     )
-                    time.sleep(1.0)  # let sockets from the previous level close
     finally:
         stack.stop()
     results = best_runs(runs)
