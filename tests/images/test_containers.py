@@ -1,8 +1,8 @@
 """The images build, and a prompt streams through gateway and inference containers.
 
-Needs a Docker engine with BuildKit: without one the tests skip saying so (they fail under
-CI=true when an engine is usable and the build breaks, and fail under CI=true when Docker is
-installed but not running). The inference container runs the way the operator runs it: as
+Needs a running Docker engine: without one the tests skip saying so. Where an engine runs they
+never skip: under CI=true an engine without a BuildKit-capable client fails, and a broken
+build fails everywhere. The inference container runs the way the operator runs it: as
 user 10001, read-only root, no capabilities, the writable cache on a tmpfs, and on an
 internal network with no way out, so the baked default model must be enough.
 """
@@ -10,7 +10,6 @@ internal network with no way out, so the baked default model must be enough.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -34,8 +33,8 @@ def docker() -> engine.Docker:
     try:
         return engine.find_docker()
     except engine.EngineUnavailableError as exc:
-        if IN_CI and shutil.which("docker"):
-            pytest.fail(f"CI=true, Docker is installed, but no engine is usable: {exc}")
+        if IN_CI and exc.engine_running:
+            pytest.fail(f"CI=true and a Docker engine runs, but it cannot build: {exc}")
         pytest.skip(f"no usable Docker engine, so the images are not built here: {exc}")
 
 

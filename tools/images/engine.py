@@ -10,7 +10,15 @@ from pathlib import Path
 
 
 class EngineUnavailableError(RuntimeError):
-    """No usable Docker engine or BuildKit client; the message says what to install or start."""
+    """No usable Docker engine or BuildKit client; the message says what to install or start.
+
+    `engine_running` tells a running engine that cannot build (no BuildKit client) apart from
+    no engine at all.
+    """
+
+    def __init__(self, message: str, *, engine_running: bool = False) -> None:
+        super().__init__(message)
+        self.engine_running = engine_running
 
 
 @dataclass(frozen=True)
@@ -67,12 +75,14 @@ def find_docker() -> Docker:
             "docker is not installed (Debian: apt-get install docker.io, then start dockerd)"
         )
     problems = []
+    running = False
     for client in clients:
         version = _ok([client, "version", "--format", "{{.Server.Version}}"])
         if version.returncode != 0:
             problems.append(f"{client}: no engine ({version.stderr.strip()[:200]})")
             continue
         server = version.stdout.strip()
+        running = True
         if _ok([client, "buildx", "version"]).returncode == 0:
             return Docker(client, server, (client, "buildx", "build", "--load"))
         env = {**os.environ, "DOCKER_BUILDKIT": "1"}
@@ -84,7 +94,8 @@ def find_docker() -> Docker:
     raise EngineUnavailableError(
         "no Docker engine with BuildKit is usable: "
         + "; ".join(problems)
-        + ". Start one (Debian: apt-get install docker.io && dockerd &)."
+        + ". Start one (Debian: apt-get install docker.io && dockerd &).",
+        engine_running=running,
     )
 
 
