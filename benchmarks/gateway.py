@@ -633,10 +633,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
-    parser.add_argument("--seconds", type=float, default=8.0, help="tokens streamed per level")
-    parser.add_argument("--ramp", type=float, default=3.0, help="seconds to open the streams")
+    parser.add_argument("--seconds", type=float, default=10.0, help="tokens streamed per level")
+    parser.add_argument("--ramp", type=float, default=5.0, help="seconds to open the streams")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="interleaved repeats; the best of each is kept"
+        "--repeats", type=int, default=2, help="interleaved repeats; the best of each is kept"
     )
     roles = parser.add_subparsers(dest="role")
     source = roles.add_parser("source")
