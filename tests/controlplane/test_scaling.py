@@ -405,6 +405,7 @@ def test_a_stream_held_at_zero_wakes_the_endpoint_and_completes_on_the_discovere
     assert frames[-1]["type"] == "done", frames
     assert frames[-1]["usage"]["completion_tokens"] >= len(tokens)  # frames may coalesce tokens
     assert sent_wall - 1 <= rfc3339_seconds(stamp) <= time.time()  # whole seconds
+    assert f"asked to wake endpoint {namespace}/chat" in gateway.output()
     assert "inference replicas 0 -> 1 (wake)" in scaled_events(api, namespace, "chat")
 
     [pod] = ready_pods(api, namespace, "chat", "inference")
