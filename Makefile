@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install --progress-bar on -e '.[all]'
 	@touch $@
 
-tools: ## install the system tools the tests use (promtool, wscat, chromium) when possible
-	@scripts/ensure-tools.sh promtool wscat chromium
+tools: ## install the system tools the tests use (promtool, wscat, chromium, docker) when possible
+	@scripts/ensure-tools.sh promtool wscat chromium docker
 
 model: install ## provision the embedded default model (SmolLM2-135M-Instruct) into $(LLMSTREAM_HOME)
 	@$(VENV)/bin/llmstream model pull-default

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the system tools some tests use available, when this machine allows it.
-#   ensure-tools.sh promtool wscat chromium
+#   ensure-tools.sh promtool wscat chromium docker
 # As root with apt-get / npm present, a missing tool is installed. Otherwise the script names
 # what to install and returns 0: the tests that need the tool skip with the same message
 # (and fail under CI=true, where a skipped tier is not acceptable).
@@ -40,6 +40,22 @@ for tool in "$@"; do
             || echo "!! npm install wscat@6 failed; tests needing wscat will skip"
         else
           echo "!! wscat is missing: install Node.js + npm, then 'npm install -g wscat@6'"
+        fi
+      fi ;;
+    docker)
+      # The image tests need a running engine; debootstrap builds the base image where no
+      # registry is reachable. A dockerd started here keeps running after the tests.
+      command -v dockerd >/dev/null || apt_install docker docker.io
+      command -v debootstrap >/dev/null || apt_install debootstrap debootstrap
+      if command -v dockerd >/dev/null && ! /usr/bin/docker info >/dev/null 2>&1; then
+        if is_root; then
+          mkdir -p "$LLMSTREAM_HOME"
+          echo ">> starting dockerd (log: $LLMSTREAM_HOME/dockerd.log)"
+          nohup dockerd >"$LLMSTREAM_HOME/dockerd.log" 2>&1 </dev/null &
+          for _ in $(seq 60); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 1; done
+          /usr/bin/docker info >/dev/null 2>&1 || echo "!! dockerd did not come up; see $LLMSTREAM_HOME/dockerd.log"
+        else
+          echo "!! no Docker engine runs: start dockerd (as root) to run the image tests"
         fi
       fi ;;
     *) echo "ensure-tools: unknown tool '$tool'" >&2; exit 2 ;;
