@@ -6,6 +6,7 @@ catch what offline schema checks cannot (e.g. a rule that fails on the schema's 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -44,7 +45,11 @@ def test_crd_is_established_and_served_with_its_short_name(
 ) -> None:
     conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert conditions == {"NamesAccepted": "True", "Established": "True"}
-    resources = api.get(GROUP_PATH).json()["resources"]
+    # Established can precede the group's discovery document by a moment.
+    deadline = time.monotonic() + 30
+    while (discovery := api.get(GROUP_PATH)).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    resources = discovery.json()["resources"]
     [llmendpoints] = [r for r in resources if r["name"] == "llmendpoints"]
     assert llmendpoints["kind"] == "LLMEndpoint"
     assert llmendpoints["namespaced"] is True

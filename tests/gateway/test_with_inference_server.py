@@ -194,12 +194,23 @@ async def test_sse_generate_through_the_gateway(inference, gateway, http):
 async def test_wscat_plain_mode_against_the_real_server(inference, gateway):
     wscat = wscat_binary()
     gw = await gateway(backends=(inference.url,))
-    command = f"{wscat} -c {gw.ws_url} -x 'Tell me a story' -w 4 < <(sleep 6)"
+    # wscat quits at stdin EOF or after -w seconds; read until the answer's `[done]` frame
+    # instead of guessing how long a busy machine needs.
+    command = f"{wscat} -c {gw.ws_url} -x 'Tell me a story' -w 60 < <(sleep 62)"
     process = await asyncio.create_subprocess_exec(
         "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 30)
-    lines = [line for line in output.decode().splitlines() if line.strip()]
-    assert lines[-1].endswith("[done]")
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not (lines and lines[-1].endswith("[done]")):
+                line = (await process.stdout.readline()).decode()
+                assert line, f"wscat ended before [done]: {lines}"
+                if line.strip():
+                    lines.append(line.rstrip("\n"))
+    finally:
+        process.kill()
+        await process.wait()
     assert len(lines) >= 2
     await wait_for(lambda: gw.gateway.runner.active == 0)
