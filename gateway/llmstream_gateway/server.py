@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.resources
 import logging
 import random
@@ -244,6 +245,16 @@ def app_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, handler_cancellation=True, access_log_class=RedactingAccessLogger)
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections: what exists after start-up is frozen out of the
+    collector, and young collections run every 20k allocations instead of 700. The per-token
+    path allocates many short-lived objects; with thousands of live streams the default
+    thresholds trigger frequent collections that show up as tail latency."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def serve(config: GatewayConfig, host: str, port: int) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvloop when available)."""
     try:
@@ -259,6 +270,7 @@ def serve(config: GatewayConfig, host: str, port: int) -> None:
         kube_configuration = asyncio.run(kubeconfig_configuration(config.kubeconfig))
     loop = loop_factory() if loop_factory else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    tune_gc()
     web.run_app(
         create_app(config, kube_configuration=kube_configuration),
         host=host,
