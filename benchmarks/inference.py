@@ -121,6 +121,7 @@ class Bench:
 
         torch.set_num_threads(threads)
         self.runner = ModelRunner(model_dir, RunnerConfig(threads=threads))
+        self._engine: Any = None
         self.tokenizer = self.runner.tokenizer
         self.model = self.runner.model
         self.prompt_ids = [
@@ -145,8 +146,10 @@ class Bench:
 
         from llmstream.wire import SamplingParams
 
-        engine = Engine(self.runner, EngineConfig(max_batch_size=16, max_waiting=64))
-        engine.start()
+        engine = self._engine
+        if engine is None:  # one engine for the whole run, as in a server
+            engine = self._engine = Engine(self.runner, EngineConfig(max_batch_size=16))
+            engine.start()
         sampling = resolve(SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0), Defaults())
 
         async def one(ids: list[int], delay: float) -> Trace:
@@ -167,10 +170,11 @@ class Bench:
                 )
             )
 
-        try:
-            return asyncio.run(run())
-        finally:
-            engine.stop()
+        return asyncio.run(run())
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.stop()
 
     # (b) one thread per request, generate + TextIteratorStreamer
     def threads(self, n: int, spread: float) -> list[Trace]:
@@ -360,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
 
+    bench.close()
     by = {(r.design, r.streams): r for r in results}
     checks: dict[str, Any] = {}
     if ("engine", 8) in by and ("threads", 8) in by and ("static", 8) in by:

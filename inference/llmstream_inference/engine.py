@@ -309,6 +309,21 @@ class Engine:
 
     def _prefill_some(self) -> None:
         budget = self.config.prefill_chunk_tokens
+        # Prompts that arrived together and fit the budget whole share one forward pass.
+        group: list[Sequence] = []
+        for seq in self._prefilling:
+            if seq.prefilled or len(seq.prompt_ids) > budget:
+                break
+            group.append(seq)
+            budget -= len(seq.prompt_ids)
+        if len(group) > 1:
+            results = self.runner.prefill_batch([seq.prompt_ids for seq in group])
+            for seq, (rows, logits) in zip(group, results, strict=True):
+                self._prefilling.popleft()
+                seq.prefilled = len(seq.prompt_ids)
+                self._join(seq, rows, logits)
+            return
+        budget = self.config.prefill_chunk_tokens
         while self._prefilling and budget > 0:
             seq = self._prefilling[0]
             chunk = seq.prompt_ids[seq.prefilled : seq.prefilled + budget]
@@ -318,11 +333,17 @@ class Engine:
             if seq.prefilled < len(seq.prompt_ids):
                 continue  # more chunks next iteration; decode steps run in between
             self._prefilling.popleft()
-            token = seq.sampler.pick(logits, seq.history)
-            if not self._accept(seq, token):
-                self._batch.add_row(self.runner.cache_rows(seq.prefill_cache))
-                self._running.append(seq)
+            self._join(seq, self.runner.cache_rows(seq.prefill_cache), logits)
             seq.prefill_cache = None
+
+    def _join(
+        self, seq: Sequence, rows: list[tuple[torch.Tensor, torch.Tensor]], logits: torch.Tensor
+    ) -> None:
+        """Sample a prefilled sequence's first token; unless that ends it, add it to the batch."""
+        token = seq.sampler.pick(logits, seq.history)
+        if not self._accept(seq, token):
+            self._batch.add_row(rows)
+            self._running.append(seq)
 
     def _decode_step(self) -> None:
         started = time.monotonic()

@@ -113,6 +113,38 @@ class ModelRunner:
         )
         return cache, out.logits[0, -1, :]
 
+    @torch.inference_mode()
+    def prefill_batch(
+        self, prompts: list[list[int]]
+    ) -> list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]]:
+        """Prefill whole prompts in one left-padded forward pass (cheaper than one by one).
+
+        Returns, per prompt, its per-layer (keys, values) without padding and its last logits.
+        """
+        longest = max(len(ids) for ids in prompts)
+        input_ids = torch.zeros(len(prompts), longest, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(prompts), longest, dtype=torch.long, device=self.device)
+        for row, ids in enumerate(prompts):
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids, device=self.device)
+            mask[row, longest - len(ids) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        layers = self.cache_rows(cache)
+        results = []
+        for row, ids in enumerate(prompts):
+            start = longest - len(ids)  # this row's padding ends here
+            kv = [(k[row : row + 1, :, start:], v[row : row + 1, :, start:]) for k, v in layers]
+            results.append((kv, out.logits[row, -1, :]))
+        return results
+
     @staticmethod
     def cache_rows(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (keys, values) of a single-sequence prefill cache."""

@@ -68,3 +68,20 @@ def test_a_longer_prompt_joining_a_short_window_shifts_it(runner: ModelRunner) -
     done = batched_greedy(runner, {2: 0, 1: 1}, n)  # "A" first, then a long prompt
     assert done[2] == solo_greedy(runner, PROMPTS[2], n)
     assert done[1] == solo_greedy(runner, PROMPTS[1], n)
+
+
+@torch.inference_mode()
+def test_prompts_prefilled_together_continue_like_solo_prompts(runner: ModelRunner) -> None:
+    n = 8
+    prompts = [runner.tokenizer(p)["input_ids"] for p in PROMPTS]
+    batch = runner.new_batch(len(PROMPTS))
+    rows = []
+    for kv, logits in runner.prefill_batch(prompts):
+        batch.add_row(kv)
+        rows.append([int(logits.argmax())])
+    while len(rows[0]) < n:
+        logits = runner.decode(batch, [tokens[-1] for tokens in rows])
+        for k, tokens in enumerate(rows):
+            tokens.append(int(logits[k].argmax()))
+    for prompt, tokens in zip(PROMPTS, rows, strict=True):
+        assert tokens == solo_greedy(runner, prompt, n), prompt
