@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +23,15 @@ def require_tool(name: str, how: str, *, path: str | None = None) -> str:
     if IN_CI:
         pytest.fail(f"CI=true and a test tool is missing: {message}")
     pytest.skip(message)
+
+
+def poll_until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

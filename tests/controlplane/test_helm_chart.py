@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ import httpx
 import pytest
 import yaml
 from chart_support import CHART, ROOT
+from testsupport import poll_until
 
 from tools.cluster.controlplane import ControlPlane
 
@@ -34,15 +34,7 @@ WAIT_S = 120.0
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return poll_until(what, probe, timeout)
 
 
 def helm(control_plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from testsupport import poll_until
 
 from tools.cluster import manifests
 from tools.cluster.controlplane import ControlPlane
@@ -30,15 +31,7 @@ WAIT_S = 90.0
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return poll_until(what, probe, timeout)
 
 
 @pytest.fixture(scope="module")

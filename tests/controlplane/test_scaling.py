@@ -32,6 +32,7 @@ import httpx
 import pytest
 import yaml
 from servers import InferenceProcess, free_port, inference_server
+from testsupport import poll_until
 from websockets.sync.client import ClientConnection, connect
 
 from tools.cluster import components, manifests
@@ -51,23 +52,17 @@ GROUP_PATH = "/apis/llmstream.dev/v1alpha1"
 WAKE_ANNOTATION = "llmstream.dev/wake-requested-at"
 POD_NETWORK = ipaddress.ip_network(components.POD_CIDR, strict=False)
 WAIT_S = 90.0
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    return poll_until(what, probe, timeout)
+
+
 AUTOSCALE_INTERVAL_S = 2.0  # the operator's default tick
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 # Streams of the idle test: about 2.5 s each on the tiny model here, longer than a tick, so
 # the operator sees each one, the last one included.
 STREAM_TOKENS = 256
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def get(api: httpx.Client, path: str) -> dict[str, Any] | None:

@@ -6,12 +6,12 @@ import ipaddress
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from testsupport import poll_until
 
 from tools.cluster import binaries, manifests, versions
 from tools.cluster.controlplane import ControlPlane
@@ -19,19 +19,13 @@ from tools.cluster.controlplane import ControlPlane
 pytestmark = pytest.mark.controlplane
 
 WAIT_S = 90.0
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return poll_until(what, probe, timeout)
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def node(api: httpx.Client, name: str) -> dict[str, Any]:
