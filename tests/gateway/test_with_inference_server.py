@@ -66,15 +66,8 @@ class InferenceServer:
                 self.process.wait()
 
 
-def _require_server_module() -> None:
-    server = Path(__file__).parents[2] / "inference" / "llmstream_inference" / "server.py"
-    if not server.exists():
-        pytest.skip("the inference server (inference/llmstream_inference/server.py) is not built")
-
-
 @pytest.fixture(scope="module")
 def inference(tiny_model_dir: Path) -> Iterator[InferenceServer]:
-    _require_server_module()
     server = InferenceServer(tiny_model_dir)
     yield server
     server.stop()
@@ -131,7 +124,6 @@ async def test_cancel_frame_stops_the_inference_sequence(inference, gateway, htt
 async def test_inference_server_killed_mid_stream_ends_with_backend_failed(
     tiny_model_dir, gateway, http
 ):
-    _require_server_module()
     doomed = await asyncio.to_thread(InferenceServer, tiny_model_dir)
     try:
         gw = await gateway(backends=(doomed.url,))
@@ -148,7 +140,6 @@ async def test_inference_server_killed_mid_stream_ends_with_backend_failed(
 
 
 async def test_stream_held_until_the_inference_server_starts(tiny_model_dir, gateway, http):
-    _require_server_module()
     port = free_port()
     gw = await gateway(await_ready=False, backends=(f"http://127.0.0.1:{port}",))
     async with http.ws_connect(gw.ws_url) as ws:
