@@ -6,15 +6,12 @@ misplaced fields are errors, and every error is listed, not just the first).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import referencing
 import yaml
-from kubernetes_validate import utils as kv
+from chart_support import schema_errors
 from llmstream_operator import builders, names
 from llmstream_operator.builders import BuildSettings, Owner
 from llmstream_operator.spec import LLMEndpointSpec, parse_spec
@@ -85,19 +82,6 @@ def build(raw: dict[str, Any], replicas: int = 1) -> dict[str, dict[str, Any]]:
 def env_of(manifest: dict[str, Any]) -> dict[str, Any]:
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
-
-
-def schema_errors(manifest: dict[str, Any], version: str) -> list[str]:
-    """Every strict-schema error of a manifest (kubernetes-validate's schemas)."""
-    # The file naming of kubernetes-validate: rbac.authorization.k8s.io/v1 -> rbac-v1.
-    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", manifest["apiVersion"])
-    folder = f"kubernetes-json-schema/v{version}.0-local-strict"
-    schema = kv.schema_contents(f"{folder}/{manifest['kind'].lower()}-{api}.json", version)
-    definitions = kv.schema_contents(f"{folder}/_definitions.json", version)
-    registry = referencing.Resource.from_contents(schema) @ referencing.Registry()
-    registry = referencing.Resource.from_contents(definitions) @ registry
-    validator = jsonschema.Draft202012Validator(schema, registry=registry)
-    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(manifest)]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
