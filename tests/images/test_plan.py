@@ -90,9 +90,41 @@ def test_dockerfile_installs_with_the_constraints_and_a_pip_cache_mount(name: st
 @pytest.mark.parametrize("name", ["gateway", "operator"])
 def test_slim_images_install_no_torch(name: str) -> None:
     text = DOCKERFILES[name].read_text()
-    assert f'"/src[{name}]"' in text
-    assert "[inference]" not in text
+    assert f"requirements.py /src/pyproject.toml {name} >" in text
+    assert "inference" not in re.findall(r"requirements\.py \S+ (\w+)", text)
     assert "torch_pin" not in text
+
+
+def stages(dockerfile: Path) -> dict[str, list[str]]:
+    """Instructions (continuation lines joined) of every stage, by stage name or `final`."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    found: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            words = line.split()
+            current = found.setdefault(words[3] if len(words) > 3 else "final", [])
+        elif line and not line.startswith("#"):
+            current.append(line)
+    return found
+
+
+@pytest.mark.parametrize("name", plan.IMAGES)
+def test_dependencies_are_installed_in_a_layer_no_source_change_touches(name: str) -> None:
+    deps = stages(DOCKERFILES[name])["deps"]
+    assert any("-r /src/requirements.txt" in line for line in deps)
+    copied = " ".join(line for line in deps if line.startswith("COPY"))
+    for source in ("pyproject.toml", "llmstream_", "llmstream "):
+        assert source not in copied, f"deps stage copies {source}: code changes would void it"
+
+
+@pytest.mark.parametrize("name", plan.IMAGES)
+def test_build_metadata_comes_after_every_step_it_could_void(name: str) -> None:
+    final = stages(DOCKERFILES[name])["final"]
+    created = next(i for i, line in enumerate(final) if line.startswith("ARG CREATED"))
+    assert all(not line.startswith(("RUN", "COPY")) for line in final[created:])
+    # llmstream goes on top of the dependencies as a small layer of its own.
+    assert any("pip install --no-deps --no-index" in line for line in final[:created])
 
 
 def test_constraints_agree_with_every_pin_in_pyproject() -> None:

@@ -141,6 +141,7 @@ def build_missing(missing: list[str], home: Path, log: gobuild.Log) -> dict[str,
                 toolchain, root / "src" / module.name, binary, bin_dir / binary.name, log
             )
             log(f"   {version_output(bin_dir / binary.name).splitlines()[0]}")
+    gobuild.drop_build_cache(toolchain, log)
     return timings
 
 

@@ -176,3 +176,18 @@ def build_binary(
     seconds = time.monotonic() - started
     log(f"   {binary.name} built in {seconds:.0f}s")
     return seconds
+
+
+def drop_build_cache(toolchain: GoToolchain, log: Log) -> None:
+    """Remove the compiled-package cache once every binary is built (about 3.5 GB).
+
+    The binaries themselves are what later runs reuse; the cache would only speed up a
+    rebuild of a different version. The module cache (the sources, ~1.3 GB) stays, so such
+    a rebuild needs no downloads.
+    """
+    cache = Path(toolchain.env()["GOCACHE"])
+    if not cache.exists():
+        return
+    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    shutil.rmtree(cache, ignore_errors=True)
+    log(f">> removed the Go build cache {cache} ({size / 2**30:.1f} GiB); the binaries are kept")

@@ -60,15 +60,20 @@ def _build(args: argparse.Namespace) -> int:
         command = ["nice", "-n", "10", *plan.build_command(list(docker.build), spec, options)]
         _log(f">> building {spec.ref(options.tag)} from {options.base}")
         started = time.monotonic()
+        previous = engine.image_id(docker, spec.ref(options.tag))
         result = subprocess.run(command, env=docker.environ(), check=False)
         if result.returncode != 0:
             _log(f"error: building {spec.ref(options.tag)} failed (exit {result.returncode})")
             return result.returncode
+        note = engine.remove_superseded(docker, previous, spec.ref(options.tag))
+        if note is not None:
+            _log(f">> {note}")
         size = engine.image_size(docker, spec.ref(options.tag))
         _log(
             f">> {spec.ref(options.tag)}: built in {time.monotonic() - started:.0f} s, "
             f"{size / 1e6:.0f} MB"
         )
+    _log(f">> build cache entries unused for an hour: {engine.prune_build_cache(docker)}")
     return 0
 
 

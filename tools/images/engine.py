@@ -104,6 +104,44 @@ def image_exists(docker: Docker, ref: str) -> bool:
     return docker.run("image", "inspect", ref, check=False).returncode == 0
 
 
+def image_id(docker: Docker, ref: str) -> str | None:
+    """The ID of the local image `ref`, or None when there is none."""
+    result = docker.run("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def remove_superseded(docker: Docker, old_id: str | None, ref: str) -> str | None:
+    """Remove the image `ref` pointed at before a rebuild, once nothing else uses it.
+
+    Every rebuild would otherwise leave its predecessor behind untagged, several GB each for
+    the inference image. Returns a note for the log, or None when there was nothing to do.
+    """
+    if old_id is None or old_id == image_id(docker, ref):
+        return None
+    result = docker.run("image", "rm", old_id, check=False)
+    if result.returncode == 0:
+        return f"removed the image {ref} pointed at before ({old_id[:19]})"
+    return f"kept the previous {ref} ({old_id[:19]}): {result.stderr.strip()[:200]}"
+
+
+def prune_build_cache(docker: Docker, unused_for: str = "1h") -> str:
+    """Drop BuildKit cache entries no build used in the last `unused_for`; return the summary.
+
+    A build reuses its dependency layers, so they stay; what goes are the steps a newer
+    build replaced (an earlier revision's wheel and model conversion, about 0.5 GB each).
+    pip's download cache (a cache mount, not a `regular` entry) is kept.
+    """
+    result = docker.run(
+        "builder", "prune", "--all", "--force",
+        "--filter", "type=regular", "--filter", f"until={unused_for}",
+        check=False,
+    )  # fmt: skip
+    lines = (result.stdout.strip() or result.stderr.strip()).splitlines()
+    return lines[-1] if lines else f"docker builder prune exited with {result.returncode}"
+
+
 def image_size(docker: Docker, ref: str) -> int:
     """Size in bytes of a local image."""
     return int(docker.run("image", "inspect", "--format", "{{.Size}}", ref).stdout.strip())
