@@ -154,10 +154,12 @@ class Gateway:
     async def load(self, request: web.Request) -> web.StreamResponse:
         """`/v1/load` for the autoscaler: streams on backends, and streams held apart."""
         pending = self.activator.pending
+        idle = self.runner.idle_seconds()
         return web.json_response(
             {
                 "active_streams": max(0, self.runner.active - pending),
                 "pending_streams": pending,
+                "idle_seconds": None if idle is None else round(idle, 3),
                 "backends": [
                     {"url": b.url, "ready": b.ready, "active": b.active, "capacity": b.capacity}
                     for b in self.backends

@@ -81,6 +81,19 @@ class StreamRunner:
     metrics: GatewayMetrics
     clock: Callable[[], float] = time.monotonic
     active: int = 0
+    last_activity: float | None = None  # when a stream last started or ended
+
+    def idle_seconds(self) -> float | None:
+        """How long no stream has run here: 0 while one does, None if none ever did.
+
+        The autoscaler's idle clock starts from this, so a stream that began and ended
+        between two of its polls still counts as activity.
+        """
+        if self.active > 0:
+            return 0.0
+        if self.last_activity is None:
+            return None
+        return max(0.0, self.clock() - self.last_activity)
 
     async def run(
         self,
@@ -104,6 +117,7 @@ class StreamRunner:
         active = self.metrics.active_child[protocol]
         active.inc()
         self.active += 1
+        self.last_activity = record.started
         try:
             await self._run(request, sink, record)
         except asyncio.CancelledError:
@@ -124,7 +138,7 @@ class StreamRunner:
         finally:
             active.dec()
             self.active -= 1
-            record.finished = self.clock()
+            record.finished = self.last_activity = self.clock()
             if record.held_warming_since is not None and record.cold_wait_s is None:
                 record.cold_wait_s = record.finished - record.held_warming_since
             self.metrics.stream_finished(record)

@@ -23,6 +23,9 @@ class LoadReport(BaseModel):
 
     active_streams: int = Field(ge=0)
     pending_streams: int = Field(ge=0)
+    # Seconds since a stream last ran on that gateway (0 while one runs; null when none ever
+    # did). Without it only the polls themselves tell when streams ran.
+    idle_seconds: float | None = Field(default=None, ge=0)
     backends: list[Any] = Field(default_factory=list)
 
 
@@ -88,9 +91,15 @@ class HttpLoadProbe:
 def summed(reports: Iterable[LoadReport | None], now: float) -> LoadSample | None:
     """Add the reports up; None when any is missing."""
     active = pending = 0
+    idle: list[float | None] = []
     for report in reports:
         if report is None:
             return None
         active += report.active_streams
         pending += report.pending_streams
-    return LoadSample(at=now, active=active, pending=pending)
+        idle.append(report.idle_seconds)
+    # The endpoint is as idle as its most recently busy gateway; a gateway that never ran a
+    # stream (or does not say) adds nothing.
+    known = [seconds for seconds in idle if seconds is not None]
+    idle_seconds = min(known) if known else None
+    return LoadSample(at=now, active=active, pending=pending, idle_seconds=idle_seconds)

@@ -36,6 +36,14 @@ class LoadSample:
     at: float  # seconds since the epoch
     active: int
     pending: int
+    idle_seconds: float | None = None  # since a stream last ran, as the gateways measured it
+
+    @property
+    def last_stream_at(self) -> float | None:
+        """When a stream last ran, as far as this sample tells."""
+        if self.demand > 0:
+            return self.at
+        return self.at - self.idle_seconds if self.idle_seconds is not None else None
 
     @property
     def demand(self) -> int:
@@ -93,8 +101,13 @@ def replicas_for(demand: int, target_active_streams: int) -> int:
 
 
 def last_activity(inputs: ScalingInputs) -> float | None:
-    """The latest moment a stream or a wake request was seen."""
-    moments = [s.at for s in inputs.samples if s.demand > 0]
+    """The latest moment a stream ran or a wake was requested.
+
+    The gateways' own idle clocks make this exact: a stream that started and ended between two
+    polls still counts, and the idle time starts when the last stream ended, not at the last
+    poll that saw it.
+    """
+    moments = [t for t in (s.last_stream_at for s in inputs.samples) if t is not None]
     moments += [t for t in (inputs.last_active_at, inputs.wake_requested_at) if t is not None]
     return max(moments) if moments else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import openai
@@ -88,8 +89,34 @@ async def test_load_reports_active_and_pending_streams_and_backends(fake_backend
     assert load == {
         "active_streams": 0,
         "pending_streams": 0,
+        "idle_seconds": None,  # no stream has run here yet
         "backends": [{"url": backend.url, "ready": True, "active": 0, "capacity": 7}],
     }
+
+
+async def test_load_reports_how_long_the_gateway_has_been_idle(fake_backend, gateway, http):
+    backend = await fake_backend(delay_s=0.1)
+    gw = await gateway(backends=(backend.url,))
+    body = {"prompt": "hi", "stream": True}
+
+    async def stream() -> bytes:
+        async with http.post(gw.url + "/v1/generate", json=body) as response:
+            return await response.read()
+
+    streaming = asyncio.create_task(stream())
+    loads = []
+    while not streaming.done():
+        loads.append(await (await http.get(gw.url + "/v1/load")).json())
+        await asyncio.sleep(0.02)
+    assert b"event: done" in await streaming
+    busy = [load for load in loads if load["active_streams"] == 1]
+    assert busy, loads
+    assert all(load["idle_seconds"] == 0 for load in busy)
+    first = (await (await http.get(gw.url + "/v1/load")).json())["idle_seconds"]
+    await asyncio.sleep(0.3)
+    later = (await (await http.get(gw.url + "/v1/load")).json())["idle_seconds"]
+    assert 0 <= first < 0.3
+    assert later - first >= 0.29
 
 
 async def test_openai_sdk_chat_completion_streaming_and_not(fake_backend, gateway):

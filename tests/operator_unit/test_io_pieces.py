@@ -52,6 +52,18 @@ def test_summed_adds_reports_and_refuses_a_partial_picture() -> None:
     assert sample is not None
     assert (sample.at, sample.active, sample.pending) == (5.0, 5, 1)
     assert summed([one, None], now=5.0) is None
+    assert sample.idle_seconds is None  # neither gateway said
+
+
+def test_summed_takes_the_idle_time_of_the_most_recently_busy_gateway() -> None:
+    def report(idle: float | None) -> LoadReport:
+        return LoadReport(active_streams=0, pending_streams=0, idle_seconds=idle)
+
+    sample = summed([report(30.0), report(None), report(4.5)], now=5.0)
+    assert sample is not None
+    assert sample.idle_seconds == 4.5
+    with pytest.raises(ValueError, match="idle_seconds"):
+        LoadReport.model_validate({"active_streams": 0, "pending_streams": 0, "idle_seconds": -1})
 
 
 @pytest.fixture

@@ -129,6 +129,31 @@ def test_last_activity_is_the_latest_stream_or_wake() -> None:
     assert last_activity(inputs(1, [LoadSample(NOW, 0, 0)])) is None
 
 
+def test_the_gateways_idle_clock_dates_the_last_stream_between_polls() -> None:
+    # Polls at -10 and now saw nothing, but the gateway says a stream ended 4 s ago.
+    samples = [LoadSample(NOW - 10, 0, 0, idle_seconds=20.0), LoadSample(NOW, 0, 0, 4.0)]
+    assert last_activity(inputs(1, samples, last_active_at=NOW - 90)) == NOW - 4
+    # A busy poll is activity whatever the clock says; no clock means no information.
+    assert LoadSample(NOW, 1, 0, idle_seconds=None).last_stream_at == NOW
+    assert LoadSample(NOW, 0, 0).last_stream_at is None
+
+
+def test_idleness_counts_from_the_end_of_the_last_stream_not_the_last_busy_poll() -> None:
+    # The last poll that saw a stream was at NOW - 300; the stream ended 1.5 s after it.
+    samples = [LoadSample(NOW - 300, 1, 0, 0.0)]
+    samples += [LoadSample(NOW - age, 0, 0, 298.5 - age) for age in range(298, -1, -2)]
+    assert decide(inputs(1, samples)).reason is Reason.STEADY  # 298.5 s idle: not yet
+    later = [*samples, LoadSample(NOW + 2, 0, 0, 300.5)]
+    assert decide(inputs(1, later, now=NOW + 2)).reason is Reason.IDLE
+
+
+def test_short_streams_between_polls_keep_the_endpoint_awake() -> None:
+    # Every poll finds the gateway empty, yet a 1 s stream runs every 100 s.
+    samples = [LoadSample(NOW - age, 0, 0, float(age % 100)) for age in range(400, -1, -2)]
+    decision = decide(inputs(1, samples, last_active_at=NOW - 999))
+    assert decision.replicas == 1
+
+
 def test_prune_keeps_the_scale_down_window() -> None:
     kept = prune(steady(1, seconds=200), NOW, SPEC)
     assert min(s.at for s in kept) == NOW - 60
