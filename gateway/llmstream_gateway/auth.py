@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 QUERY_PARAMETER = "api_key"
+log = logging.getLogger("llmstream.gateway.auth")
 
 
 def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
@@ -36,3 +41,74 @@ def redact_query(path_qs: str) -> str:
         for p in query.split("&")
     ]
     return f"{path}?{'&'.join(parts)}"
+
+
+class KeyFileError(ValueError):
+    """The API-key file cannot serve as a key (missing, unreadable, empty); names the file."""
+
+
+def read_key_file(path: Path) -> str:
+    """The key in `path`, surrounding whitespace removed."""
+    try:
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read the API-key file {path}: {exc}") from exc
+    if not key:
+        raise KeyFileError(f"the API-key file {path} is empty")
+    return key
+
+
+class RotatingKey:
+    """The API key held in a file, re-read when the file changes: keys rotate without restarts.
+
+    A Secret mounted as a volume is updated in place by the kubelet (a new file swapped in by
+    symlink), so the gateway looks at the file's identity at most every `check_every_s` and
+    reads it again when it changed. A file that turns unreadable or empty keeps the last good
+    key in force: auth never silently switches off. The key itself is never logged.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        check_every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self._check_every_s = check_every_s
+        self._clock = clock
+        self._identity = self._stat()
+        self._key = read_key_file(path)  # a bad file at start-up is an error, not a warning
+        self._checked_at = clock()
+        # The broken file state last complained about (a missing file is None): one log line
+        # per state, not one per request.
+        self._complained: tuple[tuple[int, int, int] | None] | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            found = os.stat(self.path)  # follows the kubelet's ..data symlink
+        except OSError:
+            return None
+        return (found.st_ino, found.st_mtime_ns, found.st_size)
+
+    def current(self) -> str:
+        """The key in force now."""
+        now = self._clock()
+        if now - self._checked_at < self._check_every_s:
+            return self._key
+        self._checked_at = now
+        identity = self._stat()
+        if identity == self._identity:
+            return self._key
+        try:
+            key = read_key_file(self.path)
+        except KeyFileError as exc:
+            if self._complained != (identity,):
+                log.error("%s; the previous key stays in force", exc)
+                self._complained = (identity,)
+            return self._key
+        self._identity, self._complained = identity, None
+        if key != self._key:
+            self._key = key
+            log.info("API key reloaded from %s", self.path)
+        return self._key

@@ -141,17 +141,9 @@ def _pod_namespace() -> str:
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
-    path: Path | None = args.api_key_file
-    if path is not None:
-        try:
-            key = path.read_text().strip()
-        except OSError as exc:
-            raise SystemExit(
-                f"error: cannot read --api-key-file {args.api_key_file}: {exc}"
-            ) from exc
-        if not key:
-            raise SystemExit(f"error: --api-key-file {args.api_key_file} is empty")
-        return key
+    """The key from the environment, unless a key file is given (the file wins)."""
+    if args.api_key_file is not None:
+        return None
     return os.environ.get("LLMSTREAM_API_KEY") or None
 
 
@@ -160,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from .auth import KeyFileError
     from .config import BackendAddressMapping, GatewayConfig
     from .server import serve
 
@@ -187,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_streams_per_connection=args.max_streams_per_connection,
             backend_capacity=args.backend_capacity,
             api_key=_api_key(args),
+            api_key_file=args.api_key_file,
             idle_timeout_s=args.idle_timeout,
             max_frame_bytes=args.max_frame_bytes,
             kubeconfig=args.kubeconfig,
@@ -202,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         serve(config, args.host, args.port)
-    except RuntimeError as exc:
+    except (RuntimeError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -83,6 +83,7 @@ class GatewayConfig(BaseModel):
     max_streams_per_connection: Annotated[int, Field(ge=1)] = 8
     backend_capacity: Annotated[int, Field(ge=1)] = 80
     api_key: SecretStr | None = None
+    api_key_file: Path | None = None  # re-read when it changes (a mounted Secret rotates)
     idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_frame_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
@@ -98,6 +99,8 @@ class GatewayConfig(BaseModel):
                 raise ValueError(f"backend {url!r} must be an http:// or https:// URL")
         if self.discovery == "kubernetes" and self.backends:
             raise ValueError("--backend is for static discovery; drop it or use --discovery static")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give the API key or --api-key-file, not both")
         if self.discovery != "kubernetes" and (self.kubeconfig or self.backend_address_map):
             raise ValueError(
                 "--kubeconfig and --backend-address-map are for --discovery kubernetes"

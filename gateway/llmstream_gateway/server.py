@@ -20,7 +20,7 @@ from aiohttp.web_response import StreamResponse
 from llmstream.wire import ErrorCode
 
 from .activator import Activator, NoWaker, Waker
-from .auth import key_accepted, presented_key, redact_query
+from .auth import RotatingKey, key_accepted, presented_key, redact_query
 from .backends import BackendSet
 from .config import GatewayConfig
 from .discovery import StaticDiscovery
@@ -64,6 +64,8 @@ class Gateway:
         self._runner: StreamRunner | None = None
         self._catalog: ModelCatalog | None = None
         self.api_key = config.api_key.get_secret_value() if config.api_key else None
+        # KeyFileError (naming the file) when the key file cannot be read at start-up.
+        self._key_file = RotatingKey(config.api_key_file) if config.api_key_file else None
 
     def _default_waker(self) -> Waker:
         if self.config.discovery != "kubernetes":
@@ -126,7 +128,8 @@ class Gateway:
 
     def authorized(self, request: BaseRequest) -> bool:
         """Whether the request carries the configured API key (always true without one)."""
-        return key_accepted(self.api_key, presented_key(request.headers, request.query))
+        expected = self._key_file.current() if self._key_file else self.api_key
+        return key_accepted(expected, presented_key(request.headers, request.query))
 
     # --- handlers -------------------------------------------------------------------------
 

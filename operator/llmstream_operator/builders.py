@@ -326,8 +326,20 @@ def gateway_env(owner: Owner, spec: LLMEndpointSpec) -> list[Manifest]:
         _env("HOME", names.TMP_MOUNT),
     ]
     if spec.gateway.api_key_secret_ref is not None:
-        env.append(_secret_env("LLMSTREAM_API_KEY", spec.gateway.api_key_secret_ref))
+        env.append(_env("LLMSTREAM_API_KEY_FILE", names.API_KEY_FILE))
     return env
+
+
+def _api_key_volume(ref: SecretKeyRef) -> Manifest:
+    """The key of the Secret as a file only the gateway's group may read."""
+    return {
+        "name": names.API_KEY_VOLUME,
+        "secret": {
+            "secretName": ref.name,
+            "items": [{"key": ref.key, "path": names.API_KEY_FILE.rsplit("/", 1)[1]}],
+            "defaultMode": 0o440,
+        },
+    }
 
 
 def gateway_deployment(owner: Owner, spec: LLMEndpointSpec, settings: BuildSettings) -> Manifest:
@@ -348,6 +360,14 @@ def gateway_deployment(owner: Owner, spec: LLMEndpointSpec, settings: BuildSetti
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "securityContext": _container_security(),
     }
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    key_ref = spec.gateway.api_key_secret_ref
+    if key_ref is not None:
+        # No subPath: the kubelet only updates whole-volume mounts when the Secret changes.
+        container["volumeMounts"].append(
+            {"name": names.API_KEY_VOLUME, "mountPath": names.API_KEY_MOUNT, "readOnly": True}
+        )
+        volumes.append(_api_key_volume(key_ref))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -367,7 +387,7 @@ def gateway_deployment(owner: Owner, spec: LLMEndpointSpec, settings: BuildSetti
                     "securityContext": _pod_security(),
                     "terminationGracePeriodSeconds": DRAIN_SECONDS + GATEWAY_SHUTDOWN_SECONDS,
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
         },

@@ -63,6 +63,11 @@ CACHE_MOUNT: Final = "/cache"
 LLMSTREAM_HOME_PATH: Final = f"{CACHE_MOUNT}/llmstream"
 HF_HOME_PATH: Final = f"{CACHE_MOUNT}/huggingface"
 TMP_MOUNT: Final = "/tmp"
+# The gateway's API key: its Secret mounted as a file, which the kubelet updates in place when
+# the Secret changes and the gateway re-reads, so keys rotate without a restart.
+API_KEY_VOLUME: Final = "api-key"
+API_KEY_MOUNT: Final = "/var/run/secrets/llmstream"
+API_KEY_FILE: Final = f"{API_KEY_MOUNT}/api-key"
 PVC_ROOT: Final = "/models"
 
 

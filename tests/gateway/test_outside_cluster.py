@@ -92,6 +92,15 @@ def test_serve_refuses_a_malformed_address_map(capsys):
     assert "--backend-address-map: backend address map 'pods=x:1'" in capsys.readouterr().err
 
 
+def test_serve_refuses_an_api_key_file_it_cannot_read(tmp_path, capsys):
+    missing = tmp_path / "api-key"
+    code = main(
+        ["gateway", "serve", "--backend", "http://127.0.0.1:9", "--api-key-file", str(missing)]
+    )
+    assert code == 2
+    assert f"cannot read the API-key file {missing}" in capsys.readouterr().err
+
+
 def test_serve_refuses_a_kubeconfig_it_cannot_read(tmp_path, capsys):
     missing = tmp_path / "nope.kubeconfig"
     code = main(["gateway", "serve", "--discovery", "kubernetes", "--kubeconfig", str(missing)])

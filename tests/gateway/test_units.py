@@ -7,7 +7,13 @@ import random
 
 import pytest
 from llmstream_gateway.activator import admit, hold_reason, should_wake
-from llmstream_gateway.auth import key_accepted, presented_key, redact_query
+from llmstream_gateway.auth import (
+    KeyFileError,
+    RotatingKey,
+    key_accepted,
+    presented_key,
+    redact_query,
+)
 from llmstream_gateway.backends import Backend, BackendSet, pick_backend
 from llmstream_gateway.discovery import readiness_from_slices
 from llmstream_gateway.protocol import (
@@ -184,6 +190,59 @@ def test_key_check():
     assert key_accepted("k", "k")
     assert not key_accepted("k", "K")
     assert not key_accepted("k", None)
+
+
+def swap_in(path, key):
+    """Replace the key file the way the kubelet updates a mounted Secret: a new file renamed
+    over the old one (so the inode changes even when the size and mtime would not)."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(key)
+    fresh.replace(path)
+
+
+def test_a_rotated_key_file_takes_effect_after_the_check_interval(tmp_path):
+    path = tmp_path / "api-key"
+    path.write_text("old-key\n")
+    now = [100.0]
+    key = RotatingKey(path, check_every_s=1.0, clock=lambda: now[0])
+    assert key.current() == "old-key"
+    swap_in(path, "new-key")
+    now[0] += 0.5
+    assert key.current() == "old-key"  # not looked at again within the interval
+    now[0] += 0.6
+    assert key.current() == "new-key"
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty", "undecodable"])
+def test_a_broken_key_file_keeps_the_last_good_key_and_says_so(tmp_path, caplog, damage):
+    path = tmp_path / "api-key"
+    path.write_text("good-key")
+    now = [0.0]
+    key = RotatingKey(path, check_every_s=1.0, clock=lambda: now[0])
+    if damage == "delete":
+        path.unlink()
+    else:
+        swap_in(path, "") if damage == "empty" else path.write_bytes(b"\xff\xfe\xfa")
+    for _ in range(3):
+        now[0] += 1.0
+        assert key.current() == "good-key"
+    complaints = [r for r in caplog.records if "previous key stays in force" in r.message]
+    assert len(complaints) == 1  # once per broken state, not once per request
+    assert str(path) in complaints[0].message
+    assert "good-key" not in caplog.text
+    swap_in(path, "next-key")
+    now[0] += 1.0
+    assert key.current() == "next-key"
+
+
+@pytest.mark.parametrize(("content", "problem"), [(None, "cannot read"), ("  \n", "is empty")])
+def test_a_key_file_that_cannot_serve_at_start_up_is_refused(tmp_path, content, problem):
+    path = tmp_path / "api-key"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(KeyFileError, match=problem) as caught:
+        RotatingKey(path)
+    assert str(path) in str(caught.value)
 
 
 def test_redacted_request_target_hides_only_the_key():

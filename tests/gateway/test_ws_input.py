@@ -141,3 +141,26 @@ async def test_the_key_never_appears_in_logs_or_metrics(fake_backend, gateway, h
     assert "s3cret-value" not in caplog.text
     assert "wrong-value" not in caplog.text
     assert "s3cret-value" not in metrics
+
+
+async def test_a_key_rotated_in_its_file_is_honoured_without_a_restart(
+    fake_backend, gateway, http, tmp_path
+):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("first-key\n")
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,), api_key_file=key_file)
+
+    async def status(key: str) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        response = await http.post(gw.url + "/v1/generate", json={"prompt": "hi"}, headers=headers)
+        await response.read()
+        return response.status
+
+    assert await status("first-key") == 200
+    fresh = tmp_path / "api-key.new"
+    fresh.write_text("second-key")
+    fresh.replace(key_file)  # as the kubelet swaps a mounted Secret
+    await asyncio.sleep(1.1)  # the gateway looks at the file at most once a second
+    assert await status("first-key") == 401
+    assert await status("second-key") == 200

@@ -343,15 +343,29 @@ def test_gateway_is_configured_for_kubernetes_discovery_and_wake() -> None:
     assert env["LLMSTREAM_COLD_START_TIMEOUT"] == "600"
     assert env["LLMSTREAM_MAX_STREAMS_PER_CONNECTION"] == "8"
     assert env["LLMSTREAM_BACKEND_CAPACITY"] == str(16 + 64)
-    assert env["LLMSTREAM_API_KEY"] == {"secretKeyRef": {"name": "keys", "key": "api-key"}}
+    # The key arrives as a mounted file (rotated in place by the kubelet), never as env.
+    assert env["LLMSTREAM_API_KEY_FILE"] == "/var/run/secrets/llmstream/api-key"
+    assert "LLMSTREAM_API_KEY" not in env
     pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "api-key", "mountPath": "/var/run/secrets/llmstream", "readOnly": True} in (
+        pod["containers"][0]["volumeMounts"]
+    )
+    assert {
+        "name": "api-key",
+        "secret": {
+            "secretName": "keys",
+            "items": [{"key": "api-key", "path": "api-key"}],
+            "defaultMode": 0o440,
+        },
+    } in pod["volumes"]
+    assert pod["securityContext"]["fsGroup"] == 10001  # the group that may read it
     assert deployment["spec"]["replicas"] == 3
     assert pod["serviceAccountName"] == "qa-gateway"
     assert pod["containers"][0]["command"] == ["llmstream", "gateway", "serve"]
     assert pod["containers"][0]["image"] == "registry.local/gw:1"
-    assert "LLMSTREAM_API_KEY" not in env_of(
-        builders.gateway_deployment(OWNER, parse_spec(SPECS["cpu tiny"]), SETTINGS)
-    )
+    keyless = builders.gateway_deployment(OWNER, parse_spec(SPECS["cpu tiny"]), SETTINGS)
+    assert "LLMSTREAM_API_KEY_FILE" not in env_of(keyless)
+    assert [v["name"] for v in keyless["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
 
 
 def test_gateway_role_is_least_privilege() -> None:
