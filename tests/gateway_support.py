@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,16 +11,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from llmstream_gateway.server import Gateway
+from servers import free_port
 from testsupport import require_tool
 
 from llmstream.paths import llmstream_home
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,38 +39,61 @@ class InferenceProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_ready(self, within_s: float = 120.0) -> None:
+        """Block until /readyz answers 200; RuntimeError with the log tail otherwise."""
+        deadline = time.monotonic() + within_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"inference server exited early:\n{self.output()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"inference server not ready:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+
+    def running_sequences(self) -> float:
+        """The server's own gauge of sequences in its running batch."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        found = re.findall(
+            r"^llmstream_inference_sequences_running(?:\{[^}]*\})? (\S+)$", text, re.M
+        )
+        return sum(float(value) for value in found)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` (SIGTERM drains, SIGKILL is a crash) and reap the process."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_inference(
+    model: Path | str, *args: str, log_dir: Path, port: int | None = None
+) -> InferenceProcess:
+    """Spawn the inference server (on `port`, or a free one) without waiting for it."""
+    port = port or free_port()
+    log = log_dir / f"inference-{port}.log"
+    command = [sys.executable, "-m", "llmstream", "inference", "serve", "--model", str(model),
+               "--host", "127.0.0.1", "--port", str(port), "--threads", "1", *args]  # fmt: skip
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ)
+    return InferenceProcess(process, f"http://127.0.0.1:{port}", log)
+
 
 @contextmanager
 def inference_server(
     model: Path | str, *args: str, log_dir: Path, ready_within_s: float = 120.0
 ) -> Iterator[InferenceProcess]:
     """Start the inference server on a free port, wait for /readyz, stop it afterwards."""
-    port = free_port()
-    log = log_dir / f"inference-{port}.log"
-    command = [sys.executable, "-m", "llmstream", "inference", "serve", "--model", str(model),
-               "--host", "127.0.0.1", "--port", str(port), "--threads", "1", *args]  # fmt: skip
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ)
-    server = InferenceProcess(process, f"http://127.0.0.1:{port}", log)
+    server = start_inference(model, *args, log_dir=log_dir)
     try:
-        deadline = time.monotonic() + ready_within_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"inference server exited early:\n{server.output()[-3000:]}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"inference server not ready:\n{server.output()[-3000:]}")
-            time.sleep(0.2)
+        server.wait_ready(ready_within_s)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        server.stop()

@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from gateway_support import FakeBackend, RunningGateway, free_port, wait_for
+from gateway_support import FakeBackend, RunningGateway, wait_for
 from llmstream_gateway.config import GatewayConfig
 from llmstream_gateway.server import GATEWAY, app_runner, create_app
+from servers import free_port
 
 BackendFactory = Callable[..., Awaitable[FakeBackend]]
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]

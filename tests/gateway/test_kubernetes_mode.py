@@ -11,10 +11,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from gateway_support import collect, free_port, wait_for
+from gateway_support import collect, wait_for
 from kubernetes.aio import client as kclient
 from llmstream_gateway.backends import BackendSet
 from llmstream_gateway.k8s import KubernetesDiscovery, KubernetesWaker
+from servers import free_port
 
 
 def endpoint_slice(name: str, address: str, port: int, ready: bool) -> dict[str, Any]:

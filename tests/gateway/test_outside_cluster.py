@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from gateway_support import free_port, wait_for
+from gateway_support import wait_for
 from llmstream_gateway.backends import BackendSet
 from llmstream_gateway.config import BackendAddressMapping, GatewayConfig
 from llmstream_gateway.discovery import mapped_readiness, mapped_url
 from llmstream_gateway.k8s import KubernetesDiscovery, KubernetesWaker, kubeconfig_configuration
 from pydantic import ValidationError
+from servers import free_port
 
 from llmstream.cli import main
 

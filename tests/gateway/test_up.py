@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from gateway_support import free_port
+from servers import free_port
 
 
 def _get(url: str) -> int:

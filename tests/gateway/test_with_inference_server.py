@@ -4,73 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
-from gateway_support import collect, collect_all, free_port, wait_for, wscat_binary
-
-
-class InferenceServer:
-    """`llmstream inference serve` as a child process."""
-
-    def __init__(self, model_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "llmstream", "inference", "serve",
-                "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port),
-                "--threads", "1", "--max-batch-size", "8",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while not self.ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                output = self.process.stdout.read().decode() if self.process.stdout else ""
-                raise RuntimeError(f"inference server did not become ready:\n{output[-3000:]}")
-            time.sleep(0.2)
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def running_sequences(self) -> float:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-        found = re.findall(
-            r"^llmstream_inference_sequences_running(?:\{[^}]*\})? (\S+)$", text, re.M
-        )
-        return sum(float(value) for value in found)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+from gateway_support import collect, collect_all, wait_for, wscat_binary
+from servers import InferenceProcess, free_port, inference_server, start_inference
 
 
 @pytest.fixture(scope="module")
-def inference(tiny_model_dir: Path) -> Iterator[InferenceServer]:
-    server = InferenceServer(tiny_model_dir)
-    yield server
-    server.stop()
+def inference(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InferenceProcess]:
+    with inference_server(
+        tiny_model_dir, "--max-batch-size", "8", log_dir=tmp_path_factory.mktemp("inference")
+    ) as server:
+        yield server
 
 
 def long_generate(stream_id: str, tokens: int = 400) -> dict[str, object]:
@@ -122,10 +74,11 @@ async def test_cancel_frame_stops_the_inference_sequence(inference, gateway, htt
 
 
 async def test_inference_server_killed_mid_stream_ends_with_backend_failed(
-    tiny_model_dir, gateway, http
+    tiny_model_dir, gateway, http, tmp_path
 ):
-    doomed = await asyncio.to_thread(InferenceServer, tiny_model_dir)
+    doomed = start_inference(tiny_model_dir, log_dir=tmp_path)
     try:
+        await asyncio.to_thread(doomed.wait_ready)
         gw = await gateway(backends=(doomed.url,))
         async with http.ws_connect(gw.ws_url) as ws:
             await ws.send_json(long_generate("q1", tokens=1000))
@@ -139,7 +92,9 @@ async def test_inference_server_killed_mid_stream_ends_with_backend_failed(
         await asyncio.to_thread(doomed.stop, signal.SIGKILL)
 
 
-async def test_stream_held_until_the_inference_server_starts(tiny_model_dir, gateway, http):
+async def test_stream_held_until_the_inference_server_starts(
+    tiny_model_dir, gateway, http, tmp_path
+):
     port = free_port()
     gw = await gateway(await_ready=False, backends=(f"http://127.0.0.1:{port}",))
     async with http.ws_connect(gw.ws_url) as ws:
@@ -147,7 +102,7 @@ async def test_stream_held_until_the_inference_server_starts(tiny_model_dir, gat
         queued = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
         assert queued["reason"] == "warming"
         # The server starts only now, on the port the gateway has been probing.
-        late = await asyncio.to_thread(InferenceServer, tiny_model_dir, port)
+        late = start_inference(tiny_model_dir, log_dir=tmp_path, port=port)
         try:
             frames = await collect(ws, "q1", within_s=180)
         finally:
