@@ -166,7 +166,7 @@ async def test_a_prompt_streams_through_the_gateway_and_inference_containers(
     frames: list[dict[str, Any]] = []
     async with websockets.connect(url, open_timeout=30) as ws:
         request = {"type": "generate", "id": "d1", "prompt": "Say hello.",
-                   "params": {"max_new_tokens": 8}}  # fmt: skip
+                   "params": {"max_new_tokens": 8, "temperature": 0}}  # fmt: skip
         await ws.send(json.dumps(request))
         while not frames or frames[-1]["type"] not in ("done", "error"):
             frames.append(json.loads(await ws.recv()))
