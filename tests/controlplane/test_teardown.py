@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,22 @@ COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 UP_TIMEOUT_S = 180.0
 
 
-def start_cluster_up(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+Owner = subprocess.Popen[str]
+
+
+@pytest.fixture
+def owners() -> Iterator[list[Owner]]:
+    """The `cluster up` processes a test starts: killed afterwards if the test left one running
+    (its components then die with it, through PR_SET_PDEATHSIG)."""
+    started: list[Owner] = []
+    yield started
+    for owner in started:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+
+
+def start_cluster_up(workdir: Path, owners: list[Owner]) -> tuple[Owner, dict[str, int]]:
     """Run `python -m tools.cluster up` until it prints the KUBECONFIG line; return its pids."""
     owner = subprocess.Popen(
         [sys.executable, "-m", "tools.cluster", "up", "--workdir", str(workdir)],
@@ -36,7 +52,11 @@ def start_cluster_up(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, in
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # As from a terminal: a shell's background job (a CI runner's, say) starts its children
+        # with SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    owners.append(owner)
     assert owner.stdout is not None
     seen = []
     deadline = time.monotonic() + UP_TIMEOUT_S
@@ -68,9 +88,9 @@ def wait_all_gone(pids: dict[str, int], timeout: float = 30.0) -> list[str]:
 
 
 def test_ctrl_c_on_cluster_up_stops_every_component(
-    cluster_binaries: ClusterBinaries, tmp_path: Path
+    cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner]
 ) -> None:
-    owner, pids = start_cluster_up(tmp_path)
+    owner, pids = start_cluster_up(tmp_path, owners)
     assert set(pids) == COMPONENTS
     assert all(alive(pid) for pid in pids.values())
     os.kill(owner.pid, signal.SIGINT)
@@ -79,9 +99,9 @@ def test_ctrl_c_on_cluster_up_stops_every_component(
 
 
 def test_killing_the_owner_outright_still_kills_every_component(
-    cluster_binaries: ClusterBinaries, tmp_path: Path
+    cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner]
 ) -> None:
-    owner, pids = start_cluster_up(tmp_path)
+    owner, pids = start_cluster_up(tmp_path, owners)
     os.kill(owner.pid, signal.SIGKILL)  # no handler, no atexit: only the kernel can help
     owner.wait(timeout=10)
     assert wait_all_gone(pids) == []
