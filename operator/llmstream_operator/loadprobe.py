@@ -91,15 +91,13 @@ class HttpLoadProbe:
 def summed(reports: Iterable[LoadReport | None], now: float) -> LoadSample | None:
     """Add the reports up; None when any is missing."""
     active = pending = 0
-    idle: list[float | None] = []
+    idle: list[float] = []
     for report in reports:
         if report is None:
             return None
         active += report.active_streams
         pending += report.pending_streams
-        idle.append(report.idle_seconds)
-    # The endpoint is as idle as its most recently busy gateway; a gateway that never ran a
-    # stream (or does not say) adds nothing.
-    known = [seconds for seconds in idle if seconds is not None]
-    idle_seconds = min(known) if known else None
-    return LoadSample(at=now, active=active, pending=pending, idle_seconds=idle_seconds)
+        if report.idle_seconds is not None:  # None: no stream ever ran there, or not said
+            idle.append(report.idle_seconds)
+    # The endpoint is as idle as its most recently busy gateway.
+    return LoadSample(at=now, active=active, pending=pending, idle_seconds=min(idle, default=None))
