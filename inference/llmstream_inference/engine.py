@@ -179,6 +179,10 @@ class Engine:
         self.draining = False
         self._step_seconds = 0.05  # running estimate, used for Retry-After
         self._outbox: dict[Sequence, None] = {}  # sequences with undelivered events, in order
+        # Sequences submitted and not yet finished: what admission control counts. The lists
+        # above are moved between by the engine thread without the lock, so their lengths,
+        # read from another thread, can be one short for a moment.
+        self._admitted = 0
 
     # ---- public, thread-safe -------------------------------------------------------------
 
@@ -229,8 +233,7 @@ class Engine:
         with self._lock:
             if self.draining or self._stopping:
                 raise EngineDrainingError("the server is shutting down and admits no new requests")
-            total = self.running + self.waiting
-            if total >= self.config.max_batch_size + self.config.max_waiting:
+            if self._admitted >= self.config.max_batch_size + self.config.max_waiting:
                 raise EngineFullError(self._retry_after())
             seq = Sequence(
                 id=next(self._ids),
@@ -243,6 +246,7 @@ class Engine:
                 history=list(prompt_ids),
             )
             self._inbox.append(seq)
+            self._admitted += 1
             self._lock.notify_all()
         return seq
 
@@ -399,8 +403,14 @@ class Engine:
             self._post(seq, TokenDelta(text, seq.chunks))
             seq.chunks += 1
 
-    def _finalise(self, seq: Sequence, reason: FinishReason) -> None:
+    def _release(self, seq: Sequence) -> None:
+        """Mark `seq` done and give its place back to admission control."""
         seq.done = True
+        with self._lock:
+            self._admitted -= 1
+
+    def _finalise(self, seq: Sequence, reason: FinishReason) -> None:
+        self._release(seq)
         duration = time.monotonic() - seq.arrived
         ttft = None if seq.first_token_at is None else seq.first_token_at - seq.arrived
         self._post(seq, Finished(reason, len(seq.prompt_ids), seq.generated, ttft, duration))
@@ -436,7 +446,7 @@ class Engine:
             self._remove_running(self._running[-1])
         for seq in everyone:
             if not seq.done:
-                seq.done = True
+                self._release(seq)
                 seq.prefill_cache = None
                 self._post(seq, Failed(message))
 

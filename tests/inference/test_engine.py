@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from llmstream_inference.engine import Engine, EngineConfig, Event, Finished, TokenDelta
+from llmstream_inference.engine import (
+    Engine,
+    EngineConfig,
+    EngineFullError,
+    Event,
+    Finished,
+    TokenDelta,
+)
 from llmstream_inference.runner import ModelRunner
 from llmstream_inference.sampling import Defaults, ResolvedSampling, resolve
 
@@ -82,3 +89,37 @@ def test_text_arrives_in_increasing_index_order(engine: Engine) -> None:
     indices = asyncio.run(run())
     assert indices == list(range(len(indices)))
     assert indices
+
+
+def test_admission_counts_a_sequence_while_the_engine_moves_it_into_the_batch(
+    tiny_model_dir: Path,
+) -> None:
+    """The engine thread moves sequences between its queues without the lock; a request that
+    arrives in between must still find the engine full."""
+    engine = Engine(ModelRunner(tiny_model_dir), EngineConfig(max_batch_size=1, max_waiting=1))
+    joining, release = threading.Event(), threading.Event()
+    join = engine._join
+
+    def slow_join(seq, rows, logits):  # type: ignore[no-untyped-def]
+        joining.set()  # out of the prefill queue, not yet in the batch
+        release.wait(10)
+        join(seq, rows, logits)
+
+    engine._join = slow_join  # type: ignore[method-assign]
+    engine.start()
+    try:
+        ids = engine.runner.tokenizer("Kubernetes runs containers")["input_ids"]
+        first, second = ListSink(), ListSink()
+        engine.submit(ids, greedy(50), first)
+        assert joining.wait(30)
+        engine.submit(ids, greedy(5), second)  # the one waiting place
+        with pytest.raises(EngineFullError):
+            engine.submit(ids, greedy(5), ListSink())
+        release.set()
+        assert first.done.wait(60)
+        assert second.done.wait(60)
+        engine.submit(ids, greedy(2), third := ListSink())  # places come back when they end
+        assert third.done.wait(60)
+    finally:
+        release.set()
+        engine.stop()
