@@ -157,7 +157,12 @@ async def test_a_stream_at_zero_is_queued_then_gets_tokens(gateway: str) -> None
     async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
         await ws.send(
             json.dumps(
-                {"type": "generate", "id": "z1", "prompt": "Hi!", "params": {"max_new_tokens": 8, "temperature": 0}}
+                {
+                    "type": "generate",
+                    "id": "z1",
+                    "prompt": "Hi!",
+                    "params": {"max_new_tokens": 8, "temperature": 0},
+                }
             )
         )
         while not frames or frames[-1]["type"] not in ("done", "error"):
