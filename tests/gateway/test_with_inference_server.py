@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -144,19 +146,23 @@ async def test_wscat_plain_mode_against_the_real_server(inference, gateway):
     # instead of guessing how long a busy machine needs.
     command = f"{wscat} -c {gw.ws_url} -x 'Tell me a story' -w 60 < <(sleep 62)"
     process = await asyncio.create_subprocess_exec(
-        "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+        "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # so wscat and the sleep feeding it go with bash
+    )  # fmt: skip
     assert process.stdout is not None
     lines: list[str] = []
     try:
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(90):
             while not (lines and lines[-1].endswith("[done]")):
                 line = (await process.stdout.readline()).decode()
                 assert line, f"wscat ended before [done]: {lines}"
                 if line.strip():
                     lines.append(line.rstrip("\n"))
+    except TimeoutError:
+        pytest.fail(f"no [done] from wscat within 90 s; it printed: {lines}")
     finally:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-    assert len(lines) >= 2
+    assert len(lines) >= 2, f"expected answer text before [done]: {lines}"
     await wait_for(lambda: gw.gateway.runner.active == 0)
