@@ -103,7 +103,9 @@ def run_up(model: str, host: str, port: int, inference_port: int) -> int:
         f"http://{host}:{inference_port}",
     )
     children = [gateway, inference]
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Both signals explicitly: a shell's background job (`make demo &`) starts with SIGINT
+    # ignored, and Python would then never raise KeyboardInterrupt for `kill -INT`.
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     try:
         if not wait_http(f"http://{host}:{port}/healthz", GATEWAY_START_TIMEOUT_S, gateway):
             print("error: the gateway did not start; see its output above", file=sys.stderr)
@@ -120,9 +122,13 @@ def run_up(model: str, host: str, port: int, inference_port: int) -> int:
         return 0
     finally:
         stop(children)
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM stops the demo the way Ctrl-C does."""
+    """SIGINT and SIGTERM stop the demo the way Ctrl-C does in a terminal."""
     raise KeyboardInterrupt

@@ -29,8 +29,9 @@ def test_up_serves_the_default_model_and_ctrl_c_stops_everything(default_model_d
         [sys.executable, "-m", "llmstream", "up", "--port", str(gateway_port),
          "--inference-port", str(inference_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        # A shell's background job ignores SIGINT; a terminal's Ctrl-C must reach `up`.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # Started the way a shell starts a background job, with SIGINT ignored: `up` must
+        # still stop on it (as it does on a terminal's Ctrl-C).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         assert up.stdout is not None
