@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from llmstream.children import die_with_parent
 from llmstream.paths import llmstream_home
 
 STOP_GRACE_S = 10.0
@@ -85,9 +86,15 @@ def run_up(model: str, host: str, port: int, inference_port: int) -> int:
     env["LLMSTREAM_HOME"] = str(llmstream_home())
 
     # Children get their own process group so a terminal Ctrl-C reaches only this process,
-    # which then stops them in order.
+    # which then stops them in order; if this process is killed outright, they die with it.
     def spawn(*args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*cli, *args], env=env, start_new_session=True, cwd=Path.cwd())
+        return subprocess.Popen(
+            [*cli, *args],
+            env=env,
+            start_new_session=True,
+            cwd=Path.cwd(),
+            preexec_fn=die_with_parent,
+        )
 
     inference = spawn(
         "inference", "serve", "--model", model, "--host", host, "--port", str(inference_port)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-_PR_SET_PDEATHSIG = 1
+from llmstream.children import die_with_parent
+
 STOP_TIMEOUT_S = 10.0
 
 
@@ -37,13 +36,6 @@ def log_tail(path: Path, lines: int = 25) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """In the child before exec: ask the kernel for SIGKILL when the parent dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
@@ -78,7 +70,7 @@ class Supervisor:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # only a ctypes prctl call: safe after fork
+                preexec_fn=die_with_parent,  # only a ctypes prctl call: safe after fork
             )
         except OSError:
             log_file.close()
