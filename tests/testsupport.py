@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from llmstream_operator import names
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+REPO = Path(__file__).resolve().parents[1]
+# The operator's least-privilege ClusterRole and the LLMEndpoint API path, for the
+# control-plane tests (derived from the operator's own names, so they cannot drift).
+CLUSTER_ROLE = REPO / "operator" / "rbac" / "clusterrole.yaml"
+GROUP_PATH = f"/apis/{names.API_VERSION}"
 
 
 def require_tool(name: str, how: str, *, path: str | None = None) -> str:

@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from testsupport import GROUP_PATH
 
 from tools.cluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 
-GROUP_PATH = "/apis/llmstream.dev/v1alpha1"
 SOURCE = "builtin://smollm2-135m-instruct"
 
 

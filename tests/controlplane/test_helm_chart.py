@@ -22,14 +22,13 @@ import httpx
 import pytest
 import yaml
 from chart_support import CHART, ROOT
-from testsupport import poll_until
+from testsupport import GROUP_PATH, poll_until
 
 from tools.cluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 
 EXAMPLE = ROOT / "examples" / "llmendpoint-cpu-tiny.yaml"
-GROUP_PATH = "/apis/llmstream.dev/v1alpha1"
 WAIT_S = 120.0
 
 

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from testsupport import poll_until
+from testsupport import CLUSTER_ROLE, GROUP_PATH, poll_until
 
 from tools.cluster import manifests
 from tools.cluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_ROLE = REPO / "operator" / "rbac" / "clusterrole.yaml"
 OPERATOR_NAMESPACE = "llmstream-system"
-GROUP_PATH = "/apis/llmstream.dev/v1alpha1"
 SOURCE = "builtin://smollm2-135m-instruct"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 WAIT_S = 90.0

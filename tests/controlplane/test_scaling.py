@@ -32,7 +32,7 @@ import httpx
 import pytest
 import yaml
 from servers import InferenceProcess, free_port, inference_server
-from testsupport import poll_until
+from testsupport import CLUSTER_ROLE, GROUP_PATH, poll_until
 from websockets.sync.client import ClientConnection, connect
 
 from tools.cluster import components, manifests
@@ -44,11 +44,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.controlplane
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_ROLE = REPO / "operator" / "rbac" / "clusterrole.yaml"
 OPERATOR_NAMESPACE = "llmstream-scaling"
 OPERATOR_ACCOUNT = "llmstream-operator"
-GROUP_PATH = "/apis/llmstream.dev/v1alpha1"
 WAKE_ANNOTATION = "llmstream.dev/wake-requested-at"
 POD_NETWORK = ipaddress.ip_network(components.POD_CIDR, strict=False)
 WAIT_S = 90.0
