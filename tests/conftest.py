@@ -1,10 +1,13 @@
-"""Fixtures shared by every test tier."""
+"""Fixtures shared by every test tier, and the guard that keeps test traffic on this machine."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+# Every run fails when the test process sends traffic off this machine (tests/netguard.py).
+pytest_plugins = ["netguard"]
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +44,24 @@ def poll_until(what: str, probe: Callable[[], Any], timeout: float, interval: fl
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port, bound and never listening, so connections to it are refused at once.
+
+    Fake (kwok) pods run nothing; components that would contact them are given an address map
+    sending the whole pod range here, so they fail as with an unreachable pod and never dial a
+    pod address (tools.cluster.routes, tests/netguard.py).
+    """
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield int(closed.getsockname()[1])
+
+
+def pod_address_map(port: int) -> str:
+    """`--pod-address-map` value sending every address of the tier's pod range to `port`."""
+    from tools.cluster import components
+
+    network = ip_network(components.POD_CIDR, strict=False)
+    return f"{network}=127.0.0.1:{port}"

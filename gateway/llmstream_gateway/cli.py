@@ -152,8 +152,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from llmstream.addressmap import parse_all
+
     from .auth import KeyFileError
-    from .config import BackendAddressMapping, GatewayConfig
+    from .config import GatewayConfig
     from .server import serve
 
     logging.basicConfig(
@@ -164,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ.get("LLMSTREAM_BACKEND_ADDRESS_MAP", "")
     )
     try:
-        mappings = tuple(BackendAddressMapping.parse(text) for text in address_map)
+        mappings = parse_all(address_map)
     except ValueError as exc:
         print(f"error: --backend-address-map: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,9 +10,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    field_validator,
     model_validator,
 )
+
+from llmstream.addressmap import AddressMapping
 
 DEFAULT_PORT = 8080
 # The annotation the operator watches to scale an endpoint up from zero replicas.
@@ -22,49 +22,6 @@ CRD_GROUP = "llmstream.dev"
 CRD_VERSION = "v1alpha1"
 CRD_PLURAL = "llmendpoints"
 INFERENCE_PORT_NAME = "http"
-
-
-def host_and_port(value: str) -> str:
-    """`value` when it is `HOST:PORT` (IPv6 hosts in brackets); else a ValueError naming it."""
-    host, colon, port = value.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} must be HOST:PORT with a port from 1 to 65535")
-    return value
-
-
-class BackendAddressMapping(BaseModel):
-    """`--backend-address-map NETWORK=HOST:PORT`: a discovered backend whose address lies in
-    `network` is reached at `target` instead of at its pod address and port.
-
-    Only for a gateway run outside the cluster (a test, or `kubectl port-forward` while
-    debugging), where pod addresses cannot be reached; every backend in `network` then goes to
-    the one `target`.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    network: IPv4Network | IPv6Network
-    target: str
-
-    @field_validator("target")
-    @classmethod
-    def _host_and_port(cls, value: str) -> str:
-        return host_and_port(value)
-
-    @classmethod
-    def parse(cls, text: str) -> BackendAddressMapping:
-        """Read `NETWORK=HOST:PORT` (a bare address is a one-address network)."""
-        network, equals, target = text.strip().partition("=")
-        if not equals:
-            raise ValueError(f"backend address map {text!r} must look like NETWORK=HOST:PORT")
-        try:
-            return cls(network=ip_network(network.strip()), target=host_and_port(target.strip()))
-        except ValueError as exc:
-            raise ValueError(f"backend address map {text!r}: {exc}") from exc
-
-    def covers(self, address: IPv4Address | IPv6Address) -> bool:
-        """Whether `address` lies in this mapping's network."""
-        return address.version == self.network.version and address in self.network
 
 
 class GatewayConfig(BaseModel):
@@ -90,7 +47,7 @@ class GatewayConfig(BaseModel):
     probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
     backend_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     kubeconfig: Path | None = None  # None: the pod's service account (in-cluster)
-    backend_address_map: tuple[BackendAddressMapping, ...] = ()
+    backend_address_map: tuple[AddressMapping, ...] = ()
 
     @model_validator(mode="after")
     def _backends_match_discovery(self) -> GatewayConfig:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from ipaddress import ip_address
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
+from llmstream.addressmap import AddressMapping, mapped_url
+
 from .backends import BackendSet
-from .config import INFERENCE_PORT_NAME, BackendAddressMapping
+from .config import INFERENCE_PORT_NAME
 
 log = logging.getLogger("llmstream.gateway.discovery")
 PROBE_TIMEOUT_S = 5.0
@@ -52,22 +52,8 @@ def readiness_from_slices(
     return result
 
 
-def mapped_url(url: str, mappings: Sequence[BackendAddressMapping]) -> str:
-    """`url` with its host and port replaced by the first mapping whose network holds its
-    address (`--backend-address-map`); `url` itself when none does."""
-    host = urlsplit(url).hostname
-    try:
-        address = ip_address(host or "")
-    except ValueError:
-        return url
-    for mapping in mappings:
-        if mapping.covers(address):
-            return f"http://{mapping.target}"
-    return url
-
-
 def mapped_readiness(
-    readiness: Mapping[str, bool], mappings: Sequence[BackendAddressMapping]
+    readiness: Mapping[str, bool], mappings: Sequence[AddressMapping]
 ) -> dict[str, bool]:
     """Readiness keyed by the URLs the gateway really connects to; backends mapped onto one
     target are ready when any of them is."""

@@ -20,10 +20,12 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio import watch as kwatch
 
+from llmstream.addressmap import AddressMapping, mapped_url
+
 from .activator import WAKE_MIN_INTERVAL_S, should_wake
 from .backends import BackendSet
-from .config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION, BackendAddressMapping
-from .discovery import mapped_readiness, mapped_url, readiness_from_slices
+from .config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION
+from .discovery import mapped_readiness, readiness_from_slices
 
 log = logging.getLogger("llmstream.gateway.kubernetes")
 WATCH_TIMEOUT_S = 300
@@ -75,7 +77,7 @@ class KubernetesDiscovery:
         service: str,
         backends: BackendSet,
         on_ready: Callable[[], None],
-        address_map: Sequence[BackendAddressMapping] = (),
+        address_map: Sequence[AddressMapping] = (),
     ) -> None:
         self.configuration = configuration
         self.namespace = namespace

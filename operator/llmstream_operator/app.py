@@ -28,7 +28,9 @@ def create_runtime(
     return OperatorRuntime(
         settings=settings,
         kube=KubeClient(access),
-        probe=probe if probe is not None else HttpLoadProbe(timeout=settings.load_timeout),
+        probe=probe
+        if probe is not None
+        else HttpLoadProbe(timeout=settings.load_timeout, address_map=settings.pod_address_map),
         clock=clock,
     )
 

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from llmstream.addressmap import AddressMapping, parse_all
 from llmstream.envargs import add_env_argument
 
 from . import names
@@ -27,6 +28,13 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"not a port: {text}")
     return value
+
+
+def _address_map(text: str) -> tuple[AddressMapping, ...]:
+    try:
+        return parse_all([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(commands: Any) -> None:
@@ -97,6 +105,14 @@ def register(commands: Any) -> None:
         default=1.0,
         help="seconds to wait for a gateway's /v1/load",
     )
+    env(
+        "--pod-address-map",
+        type=_address_map,
+        default=(),
+        metavar="NETWORK=HOST:PORT[,...]",
+        help="read the /v1/load of gateway pods in NETWORK at HOST:PORT instead of at the pod "
+        "address (an operator run outside the cluster: tests, debugging)",
+    )
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)
 
@@ -129,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.liveness_port
         else None,
         load_timeout=args.load_timeout,
+        pod_address_map=args.pod_address_map,
     )
     try:
         access = discover_access(args.kubeconfig, args.context)

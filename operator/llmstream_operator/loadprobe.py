@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmstream.addressmap import AddressMapping, mapped_url
+
 from . import names
 from .policy import LoadSample
 
@@ -58,10 +60,15 @@ def gateway_urls(slice_body: Mapping[str, Any]) -> list[str]:
 
 
 class HttpLoadProbe:
-    """Polls every gateway pod concurrently with a short timeout."""
+    """Polls every gateway pod concurrently with a short timeout.
 
-    def __init__(self, *, timeout: float = 1.0) -> None:
+    `address_map` sends pod addresses somewhere else (`--pod-address-map`): an operator run
+    outside the cluster reads its gateways there instead of at unreachable pod addresses.
+    """
+
+    def __init__(self, *, timeout: float = 1.0, address_map: Sequence[AddressMapping] = ()) -> None:
         self._http = httpx.AsyncClient(timeout=timeout)
+        self.address_map = tuple(address_map)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -84,7 +91,8 @@ class HttpLoadProbe:
         """
         if not urls:
             return None
-        reports = await asyncio.gather(*(self._read(url) for url in urls))
+        targets = [mapped_url(url, self.address_map) for url in urls]
+        reports = await asyncio.gather(*(self._read(url) for url in targets))
         return summed(reports, now)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from llmstream.addressmap import AddressMapping
+
 from .builders import BuildSettings
 from .kube import KubeClient
 from .loadprobe import LoadProbe
@@ -38,6 +40,9 @@ class OperatorSettings:
     metrics_port: int | None = DEFAULT_METRICS_PORT  # None: no metrics server
     liveness_endpoint: str | None = f"http://0.0.0.0:{DEFAULT_LIVENESS_PORT}/healthz"
     load_timeout: float = 1.0
+    # Gateway pods reached at a local address instead of their own (an operator run outside
+    # the cluster); empty inside it.
+    pod_address_map: tuple[AddressMapping, ...] = ()
 
 
 @dataclass

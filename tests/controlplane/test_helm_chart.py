@@ -9,6 +9,7 @@ fails here as it would in a cluster. It must reconcile examples/llmendpoint-cpu-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import httpx
 import pytest
 import yaml
 from chart_support import CHART, ROOT
-from testsupport import GROUP_PATH, poll_until
+from testsupport import GROUP_PATH, closed_port, pod_address_map, poll_until
 
 from tools.cluster.controlplane import ControlPlane
 
@@ -101,6 +102,11 @@ class ChartOperator:
         env["LLMSTREAM_OPERATOR_METRICS_PORT"] = str(free_port())
         env["LLMSTREAM_OPERATOR_LIVENESS_PORT"] = str(free_port())
         env["LLMSTREAM_OPERATOR_KUBECONFIG"] = str(kubeconfig)
+        # kwok's gateway pods run nothing: their whole range goes to a closed loopback port,
+        # so the load probe never dials a pod address.
+        self._closed = contextlib.ExitStack()
+        unreachable = self._closed.enter_context(closed_port())
+        env["LLMSTREAM_OPERATOR_POD_ADDRESS_MAP"] = pod_address_map(unreachable)
         self.liveness = f"http://127.0.0.1:{env['LLMSTREAM_OPERATOR_LIVENESS_PORT']}/healthz"
         self.log = log
         argv = [sys.executable, "-m", "llmstream", "operator", "run", *container.get("args", [])]
@@ -123,6 +129,7 @@ class ChartOperator:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._closed.close()
 
     def forbidden_lines(self) -> list[str]:
         # RBAC refusals name the identity ('User "system:serviceaccount:..." cannot patch

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 import httpx
 import pytest
-from testsupport import CLUSTER_ROLE, GROUP_PATH, poll_until
+from netguard import NetGuard
+from testsupport import CLUSTER_ROLE, GROUP_PATH, closed_port, pod_address_map, poll_until
 
-from tools.cluster import manifests
+from tools.cluster import components, manifests
 from tools.cluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
@@ -53,21 +55,32 @@ def operator_token(control_plane: ControlPlane, crd: dict[str, Any]) -> str:
 
 
 class Operator:
-    """The operator, cluster-wide, on its own thread in this process; restartable."""
+    """The operator, cluster-wide, on its own thread in this process; restartable.
 
-    def __init__(self, control_plane: ControlPlane, token: str) -> None:
+    Its load probe reads gateway pods through `--pod-address-map`: kwok's pods run nothing, so
+    the whole pod range goes to a closed loopback port and no pod address is ever dialled.
+    """
+
+    def __init__(self, control_plane: ControlPlane, token: str, unreachable_port: int) -> None:
         from llmstream_operator.kube import KubeAccess
 
         self.access = KubeAccess(
             server=control_plane.server, ca_path=str(control_plane.ca_cert), token=token
         )
+        self.unreachable_port = unreachable_port
         self.thread: Any = None
 
     def start(self) -> None:
         from llmstream_operator.app import OperatorThread, create_runtime
         from llmstream_operator.runtime import OperatorSettings
 
-        settings = OperatorSettings(metrics_port=None, liveness_endpoint=None)
+        from llmstream.addressmap import AddressMapping
+
+        settings = OperatorSettings(
+            metrics_port=None,
+            liveness_endpoint=None,
+            pod_address_map=(AddressMapping.parse(pod_address_map(self.unreachable_port)),),
+        )
         self.thread = OperatorThread(create_runtime(settings, self.access))
         self.thread.start()
 
@@ -84,10 +97,11 @@ class Operator:
 @pytest.fixture(scope="module")
 def operator(control_plane: ControlPlane, operator_token: str) -> Iterator[Operator]:
     """One operator for the module's tests (a test may restart it)."""
-    running = Operator(control_plane, operator_token)
-    running.start()
-    yield running
-    running.stop()
+    with closed_port() as unreachable:
+        running = Operator(control_plane, operator_token, unreachable)
+        running.start()
+        yield running
+        running.stop()
 
 
 def endpoint(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -361,3 +375,24 @@ def test_the_wake_annotation_scales_an_idle_endpoint_from_zero_to_one(
     ready_latency = time.monotonic() - woken_at
     print(f"wake latency: replicas=1 after {latency:.2f}s, Ready after {ready_latency:.2f}s")
     assert latency < 10.0
+
+
+def test_the_load_probe_reads_fake_pods_only_through_the_address_map(
+    operator: Operator, api: httpx.Client, namespace: str, net_guard: NetGuard
+) -> None:
+    """kwok's pods have addresses nothing owns: the probe dials the mapped port, never them."""
+    pod_network = ip_network(components.POD_CIDR, strict=False)
+    since = len(net_guard.attempts)
+    spec = {"resources": {"gpus": 0}, "scaling": {"minReplicas": 1, "maxReplicas": 1}}
+    create_endpoint(api, namespace, endpoint("probed", spec))
+    wait_for(
+        "LLMEndpoint probed to reach phase Ready", lambda: ready_status(api, namespace, "probed")
+    )
+    [gateway] = pods(api, namespace, "probed", "gateway")
+    assert ip_address(gateway["status"]["podIP"]) in pod_network
+
+    def probed_the_mapped_port() -> bool:
+        return any(a.port == operator.unreachable_port for a in net_guard.attempts[since:])
+
+    wait_for("the load probe to read the gateway at its mapped address", probed_the_mapped_port)
+    assert net_guard.connections_to(pod_network, since) == []

@@ -1,4 +1,5 @@
-"""No control-plane process outlives its owner: Ctrl-C, a hard kill, or a failing test session.
+"""No control-plane process, and none of its local routes, outlives its owner: Ctrl-C, a hard
+kill, or a failing test session.
 
 Each test runs its own control plane in a child Python process (`make cluster-up`'s command,
 or a pytest session), ends that owner, and checks every component's process id afterwards.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tools.cluster import routes
 from tools.cluster.binaries import ClusterBinaries
 from tools.cluster.processes import alive
 
@@ -87,15 +89,28 @@ def wait_all_gone(pids: dict[str, int], timeout: float = 30.0) -> list[str]:
     return [name for name, pid in pids.items() if alive(pid)]
 
 
+def routes_left(workdir: Path, timeout: float) -> list[str]:
+    """The plane's local routes (routes.json) still in the kernel after `timeout`."""
+    metric = json.loads((workdir / "routes.json").read_text())["metric"]
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [str(r.network) for r in routes.list_owned() if r.metric == metric]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def test_ctrl_c_on_cluster_up_stops_every_component(
     cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner]
 ) -> None:
     owner, pids = start_cluster_up(tmp_path, owners)
     assert set(pids) == COMPONENTS
     assert all(alive(pid) for pid in pids.values())
+    assert routes_left(tmp_path, timeout=0) != []
     os.kill(owner.pid, signal.SIGINT)
     assert owner.wait(timeout=60) == 0
     assert wait_all_gone(pids, timeout=1.0) == []
+    assert routes_left(tmp_path, timeout=0) == []
 
 
 def test_killing_the_owner_outright_still_kills_every_component(
@@ -105,6 +120,7 @@ def test_killing_the_owner_outright_still_kills_every_component(
     os.kill(owner.pid, signal.SIGKILL)  # no handler, no atexit: only the kernel can help
     owner.wait(timeout=10)
     assert wait_all_gone(pids) == []
+    assert routes_left(tmp_path, timeout=15) == []  # the route keeper saw its owner go
 
 
 def test_a_failing_test_session_tears_its_control_plane_down(
@@ -145,3 +161,4 @@ def test_a_failing_test_session_tears_its_control_plane_down(
     pids: dict[str, int] = json.loads((workdir / "pids.json").read_text())
     assert set(pids) == COMPONENTS
     assert wait_all_gone(pids, timeout=1.0) == []
+    assert routes_left(workdir, timeout=0) == []

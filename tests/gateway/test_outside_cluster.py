@@ -13,24 +13,25 @@ import yaml
 from aiohttp import web
 from gateway_support import wait_for
 from llmstream_gateway.backends import BackendSet
-from llmstream_gateway.config import BackendAddressMapping, GatewayConfig
-from llmstream_gateway.discovery import mapped_readiness, mapped_url
+from llmstream_gateway.config import GatewayConfig
+from llmstream_gateway.discovery import mapped_readiness
 from llmstream_gateway.k8s import KubernetesDiscovery, KubernetesWaker, kubeconfig_configuration
 from pydantic import ValidationError
 from servers import free_port
 
+from llmstream.addressmap import AddressMapping, mapped_url
 from llmstream.cli import main
 
-POD_NETWORK = BackendAddressMapping.parse("10.244.0.0/16=127.0.0.1:18000")
+POD_NETWORK = AddressMapping.parse("10.244.0.0/16=127.0.0.1:18000")
 
 
 # --- the mapping (pure) -------------------------------------------------------------------
 
 
 def test_a_mapping_reads_network_and_target():
-    mapping = BackendAddressMapping.parse(" 10.244.0.0/16 = 127.0.0.1:18000 ")
+    mapping = AddressMapping.parse(" 10.244.0.0/16 = 127.0.0.1:18000 ")
     assert (str(mapping.network), mapping.target) == ("10.244.0.0/16", "127.0.0.1:18000")
-    single = BackendAddressMapping.parse("fd00::7=[::1]:8000")
+    single = AddressMapping.parse("fd00::7=[::1]:8000")
     assert (str(single.network), single.target) == ("fd00::7/128", "[::1]:8000")
 
 
@@ -47,7 +48,7 @@ def test_a_mapping_reads_network_and_target():
 )
 def test_a_malformed_mapping_is_refused_naming_the_problem(text, complaint):
     with pytest.raises(ValueError, match=complaint) as refused:
-        BackendAddressMapping.parse(text)
+        AddressMapping.parse(text)
     assert repr(text) in str(refused.value)
 
 
@@ -57,12 +58,12 @@ def test_an_address_in_the_network_is_reached_at_the_target():
 
 def test_an_address_outside_every_network_is_left_alone():
     assert mapped_url("http://10.96.0.9:8000", [POD_NETWORK]) == "http://10.96.0.9:8000"
-    v6 = BackendAddressMapping.parse("10.0.0.0/8=127.0.0.1:1")
+    v6 = AddressMapping.parse("10.0.0.0/8=127.0.0.1:1")
     assert mapped_url("http://[fd00::1]:8000", [v6]) == "http://[fd00::1]:8000"
 
 
 def test_the_first_matching_mapping_wins():
-    narrow = BackendAddressMapping.parse("10.244.3.7=127.0.0.1:19000")
+    narrow = AddressMapping.parse("10.244.3.7=127.0.0.1:19000")
     assert mapped_url("http://10.244.3.7:8000", [narrow, POD_NETWORK]) == "http://127.0.0.1:19000"
     assert mapped_url("http://10.244.3.8:8000", [narrow, POD_NETWORK]) == "http://127.0.0.1:18000"
 
@@ -90,7 +91,7 @@ def test_serve_refuses_a_malformed_address_map(capsys):
         ["gateway", "serve", "--discovery", "kubernetes", "--backend-address-map", "pods=x:1"]
     )
     assert code == 2
-    assert "--backend-address-map: backend address map 'pods=x:1'" in capsys.readouterr().err
+    assert "--backend-address-map: address map 'pods=x:1'" in capsys.readouterr().err
 
 
 def test_serve_refuses_an_api_key_file_it_cannot_read(tmp_path, capsys):

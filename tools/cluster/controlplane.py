@@ -4,10 +4,12 @@
         plane.api().get("/api/v1/nodes")      # httpx client, admin token, CA pinned
         plane.kubectl("get", "nodes")         # the provisioned kubectl with the admin kubeconfig
 
-Start-up waits until every component is healthy, the kwok nodes are Ready with no
-`node.kubernetes.io/*` taints, and the `default` ServiceAccount exists, so pods can be created
-and scheduled at once. `stop()` (or leaving the `with`) ends every process and removes the
-folder it created.
+Before any component starts, every address range the cluster gives out is routed locally
+(`tools.cluster.routes`): nothing sent to a pod or Service address leaves the machine, and a
+host where that cannot be done (not root) refuses to start, naming why. Start-up waits until
+every component is healthy, the kwok nodes are Ready with no `node.kubernetes.io/*` taints, and
+the `default` ServiceAccount exists, so pods can be created and scheduled at once. `stop()` (or
+leaving the `with`) ends every process, removes the routes and the folder it created.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tools.cluster import components, manifests, pki
+from tools.cluster import components, manifests, pki, routes
 from tools.cluster.binaries import ClusterBinaries
 from tools.cluster.processes import ProcessDiedError, Supervisor, log_tail
 
@@ -38,6 +40,10 @@ POLL_S = 0.2
 
 class StartupError(RuntimeError):
     """The control plane did not become healthy; the message names the component and why."""
+
+
+class RoutesRefusedError(StartupError):
+    """The cluster ranges could not be routed locally, so the tier does not start."""
 
 
 class KubectlError(RuntimeError):
@@ -83,6 +89,14 @@ class ControlPlane:
         self.ports = components.Ports(*ports)
         self.server = f"https://{components.LOOPBACK}:{self.ports.apiserver}"
         self.startup_seconds: dict[str, float] = {}
+        self.routes = routes.LocalRoutes(
+            routes.cluster_networks(
+                components.POD_CIDR,
+                components.SERVICE_CIDR,
+                [n["spec"]["podCIDR"] for n in self.nodes if n.get("spec", {}).get("podCIDR")],
+            ),
+            self.layout.logs / "routes.log",
+        )
 
     # -- public surface -------------------------------------------------------------------
 
@@ -95,6 +109,11 @@ class ControlPlane:
     def ca_cert(self) -> Path:
         """The CA that signed the API server's serving certificate."""
         return self.layout.pki / "ca.crt"
+
+    @property
+    def local_networks(self) -> list[routes.Network]:
+        """The cluster's address ranges, routed locally while the plane runs."""
+        return list(self.routes.networks)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -143,8 +162,10 @@ class ControlPlane:
             raise
 
     def stop(self) -> None:
-        """End every process (newest first) and remove the folder if this object made it."""
+        """End every process (newest first), remove the routes, and remove the folder if this
+        object made it."""
         self.supervisor.stop()
+        self.routes.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -159,6 +180,21 @@ class ControlPlane:
     def _start(self) -> None:
         begun = time.monotonic()
         deadline = begun + self.start_timeout
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.routes.start()
+        except routes.RoutesUnavailableError as exc:
+            raise RoutesRefusedError(str(exc)) from None
+        self._log(f"   {self.routes.describe()}")
+        (self.workdir / "routes.json").write_text(
+            json.dumps(
+                {
+                    "keeper": self.routes.pid,
+                    "metric": self.routes.metric,
+                    "networks": [str(n) for n in self.routes.networks],
+                }
+            )
+        )
         self._write_files()
         plane = components.all_components(self.binaries, self.layout, self.ports)
         by_name = {component.name: component for component in plane}
