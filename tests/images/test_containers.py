@@ -43,7 +43,8 @@ def images(docker: engine.Docker) -> dict[str, str]:
     """Build (or refresh from the layer cache) all three images; name -> reference."""
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "tools.images", "build"],
+        # --no-pull: a test sends nothing off this machine (no registry look-up for the base).
+        [sys.executable, "-m", "tools.images", "build", "--no-pull"],
         capture_output=True,
         text=True,
         cwd=plan.ROOT,

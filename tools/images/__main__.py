@@ -30,13 +30,15 @@ def _revision() -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def _resolve_base(docker: engine.Docker, requested: str) -> str:
+def _resolve_base(docker: engine.Docker, requested: str, *, pull: bool = True) -> str:
     public = requested == "auto" and (
-        engine.image_exists(docker, plan.PUBLIC_BASE) or engine.try_pull(docker, plan.PUBLIC_BASE)
+        engine.image_exists(docker, plan.PUBLIC_BASE)
+        or (pull and engine.try_pull(docker, plan.PUBLIC_BASE))
     )
     chosen = plan.choose_base(requested, public)
     if chosen == plan.LOCAL_BASE and not engine.image_exists(docker, chosen):
-        _log(f">> {plan.PUBLIC_BASE} cannot be pulled: building {plan.LOCAL_BASE} locally")
+        why = "cannot be pulled" if pull else "is not here and --no-pull was given"
+        _log(f">> {plan.PUBLIC_BASE} {why}: building {plan.LOCAL_BASE} locally")
         base.build_local_base(docker, _log)
     return chosen
 
@@ -46,7 +48,7 @@ def _build(args: argparse.Namespace) -> int:
     docker = engine.find_docker()
     _log(f">> docker engine {docker.server_version} via {' '.join(docker.build)}")
     options = plan.BuildOptions(
-        base=_resolve_base(docker, args.base),
+        base=_resolve_base(docker, args.base, pull=args.pull),
         tag=args.tag,
         torch=args.torch,
         torch_index_url=args.torch_index_url,
@@ -129,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BASE_IMAGE", "auto"),
         help=f"base image; auto: {plan.PUBLIC_BASE} if it can be pulled, else a local "
         f"debootstrap base {plan.LOCAL_BASE} [env BASE_IMAGE]",
+    )
+    build.add_argument(
+        "--no-pull",
+        dest="pull",
+        action="store_false",
+        help=f"never pull {plan.PUBLIC_BASE} (auto then uses it only when already here); the "
+        "tests build this way, so they send nothing to a registry",
     )
     build.add_argument("--tag", default=os.environ.get("IMAGE_TAG", plan.BuildOptions().tag))
     build.add_argument(
