@@ -251,3 +251,26 @@ def test_metrics_pass_promtool(server: InferenceProcess) -> None:
 def test_health_and_readiness(server: InferenceProcess) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"temperature": 1e-320},
+        {"temperature": 1.0, "repetition_penalty": 1e-300},
+    ],
+)
+async def test_extreme_sampling_parameters_harm_no_stream_and_are_answered(
+    server: InferenceProcess, poison: dict[str, Any]
+) -> None:
+    """Once, such a request made softmax yield NaN and the engine failed every stream beside it
+    while the request itself never got an answer."""
+    body = {"prompt": "Kubernetes runs containers", "params": {**GREEDY, "max_new_tokens": 24}}
+    poisoned = {"prompt": "Kubernetes runs", "params": {**poison, "max_new_tokens": 8}}
+    results = await asyncio.gather(
+        stream_text(server, body), stream_text(server, poisoned), stream_text(server, body)
+    )
+    for _pieces, done in results:
+        assert done["finish_reason"] in {"stop", "length"}
+    assert results[0][1]["usage"]["completion_tokens"] == 24
+    assert results[0][0] == results[2][0]
