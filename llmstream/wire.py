@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MAX_STOP_STRINGS = 8
 MAX_ID_LENGTH = 128
+# The inference server's SSE streams send this comment after this many seconds without an
+# event (while a request is queued or a long prompt is prefilled), so the gateway can tell a
+# slow backend from a hung one: its read timeout (30 s by default) spans several of them.
+SSE_HEARTBEAT_S = 5.0
+SSE_HEARTBEAT = b": keepalive\n\n"
 
 
 class _Strict(BaseModel):
