@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from llmstream import jsonin
 from llmstream.wire import ErrorCode
 
 from .engine import Failed, Finished, Stream, TokenDelta
@@ -23,8 +24,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
     """Parse a JSON body into `model`; malformed JSON is 400, invalid fields 422."""
     raw = await request.body()
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = jsonin.loads(raw)
+    except jsonin.JsonInputError as exc:
         raise ApiError(
             400, ErrorCode.INVALID_REQUEST, f"the body is not valid JSON: {exc}"
         ) from exc
