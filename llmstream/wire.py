@@ -14,10 +14,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MAX_STOP_STRINGS = 8
 MAX_ID_LENGTH = 128
+# The inference server's SSE streams send this comment after this many seconds without an
+# event (while a request is queued or a long prompt is prefilled), so the gateway can tell a
+# slow backend from a hung one: its read timeout (30 s by default) spans several of them.
+SSE_HEARTBEAT_S = 5.0
+SSE_HEARTBEAT = b": keepalive\n\n"
+
+
+# A sampling seed: torch's generators take [-2**63, 2**64).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Client input: unknown fields refused, and no coercion (`"4"` is not 4, `"yes"` not true)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ErrorCode(StrEnum):
@@ -47,7 +58,7 @@ class SamplingParams(_Strict):
     stop: Annotated[
         list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
     ] = Field(default_factory=list)
-    seed: int | None = None
+    seed: Seed | None = None
     do_sample: bool | None = None
     return_full_text: bool = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ class FakeBackend:
     """A scripted stand-in for the inference server's SSE `/v1/generate`.
 
     `mode`: ok | busy (429) | reject (400) | fail_before (headers, then the connection dies
-    before any token) | fail_after (dies after `fail_after_tokens` tokens) | error_event.
+    before any token) | fail_after (dies after `fail_after_tokens` tokens) | error_event |
+    hang (stops sending, connection open, after `fail_after_tokens` tokens; 0: before any).
     """
 
     mode: str = "ok"
@@ -31,6 +33,7 @@ class FakeBackend:
     fail_delay_s: float = 0.0
     fail_after_tokens: int = 2
     burst: bool = False  # every event in one write (a backend the gateway fell behind)
+    heartbeat_s: float | None = None  # send `: keepalive` comments this often while waiting
     retry_after: str = "1"
     ready: bool = True
     requests: int = 0
@@ -85,13 +88,15 @@ class FakeBackend:
                 blob = "".join(f"event: token\ndata: {json.dumps(e)}\n\n" for e in events)
                 await response.write(blob.encode())
             for index, text in enumerate([] if self.burst else self.tokens):
+                if self.mode == "hang" and index == self.fail_after_tokens:
+                    await asyncio.sleep(3600)  # a stopped process: open, silent
                 if self.mode == "fail_after" and index == self.fail_after_tokens:
                     assert request.transport is not None
                     request.transport.abort()
                     return response
                 event = {"type": "token", "id": None, "text": text, "index": index}
                 await response.write(f"event: token\ndata: {json.dumps(event)}\n\n".encode())
-                await asyncio.sleep(self.delay_s)
+                await self._pause(response, self.delay_s)
             done = {
                 "type": "done",
                 "id": None,
@@ -107,6 +112,16 @@ class FakeBackend:
         finally:
             self.active -= 1
         return response
+
+    async def _pause(self, response: web.StreamResponse, seconds: float) -> None:
+        """Wait between events, with heartbeat comments if asked for."""
+        if self.heartbeat_s is None:
+            await asyncio.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, self.heartbeat_s))
+            await response.write(b": keepalive\n\n")
 
     async def start(self, port: int | None = None) -> FakeBackend:
         self.runner = web.AppRunner(self.app(), handler_cancellation=True)

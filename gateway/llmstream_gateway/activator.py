@@ -16,13 +16,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from .backends import Backend, BackendSet, pick_backend
+from .backends import Backend, BackendSet, next_room_at, pick_backend
 from .protocol import HoldReason
 
 # While a stream is held at zero the wake request is repeated this often, so a wake that the
 # operator missed (restart, conflict) is sent again; the waker's own rate limit still applies.
 WAKE_REPEAT_S = 5.0
 WAKE_MIN_INTERVAL_S = 1.0
+# The placement timer fires this long after a cool-down ends (timers may fire a little early).
+PLACEMENT_TIMER_SLACK_S = 0.001
 
 Admission = Literal["assign", "hold", "reject"]
 
@@ -95,6 +97,8 @@ class Activator:
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
     _queue: deque[_Waiter] = field(default_factory=deque, init=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    _timer_at: float = field(default=0.0, init=False)
 
     @property
     def pending(self) -> int:
@@ -127,6 +131,7 @@ class Activator:
             )
         waiter = _Waiter(asyncio.get_running_loop().create_future(), avoid)
         self._queue.append(waiter)
+        self._arm_placement_timer(now)  # a cooling backend frees up with no other event
         try:
             if reason == "warming":
                 self.waker.request_wake()
@@ -169,19 +174,46 @@ class Activator:
         self.place_waiting()
 
     def cool_down(self, backend: Backend, seconds: float) -> None:
-        """Skip `backend` for `seconds` (it answered 429), then look at the queue again."""
+        """Skip `backend` for `seconds` (it answered 429 or refused a connection)."""
         backend.busy_until = max(backend.busy_until, self.clock() + seconds)
-        asyncio.get_running_loop().call_later(seconds, self.place_waiting)
+        self.place_waiting()
 
     def place_waiting(self) -> None:
         """Hand free slots to held streams in arrival order, never past a backend's capacity.
-        Called whenever a slot frees up or a backend becomes ready."""
+
+        Called whenever a slot frees up, a backend becomes ready or starts cooling down, and
+        by the placement timer. While streams stay held and a backend is cooling down, the
+        timer is armed for the end of the soonest cool-down; a timer that fires early (the
+        loop's clock is not this one) finds the backend still cooling and is armed again, so
+        placement can never be left waiting for an event that will not come.
+        """
         now = self.clock()
         while self._queue:
             head = self._queue[0]
             chosen = pick_backend(self.backends, now, self.rng, head.avoid)
             if chosen is None:
-                return
+                break
             self._queue.popleft()
             chosen.active += 1
             head.future.set_result(chosen)
+        self._arm_placement_timer(now)
+
+    def _arm_placement_timer(self, now: float) -> None:
+        wake_at = next_room_at(self.backends, now) if self._queue else None
+        if wake_at is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        if self._timer is not None and self._timer_at <= wake_at:
+            return  # already armed for then or sooner
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = wake_at
+        self._timer = asyncio.get_running_loop().call_later(
+            wake_at - now + PLACEMENT_TIMER_SLACK_S, self._on_placement_timer
+        )
+
+    def _on_placement_timer(self) -> None:
+        self._timer = None
+        self.place_waiting()

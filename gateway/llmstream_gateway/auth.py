@@ -28,7 +28,10 @@ def key_accepted(expected: str | None, presented: str | None) -> bool:
         return True
     if presented is None:
         return False
-    return hmac.compare_digest(presented.encode(), expected.encode())
+    # Header bytes that are not UTF-8 arrive as surrogate escapes: compare the raw bytes.
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def redact_query(path_qs: str) -> str:

@@ -46,6 +46,13 @@ def pick_backend(
     return rng.choice([b for b in preferred if b.active == fewest])
 
 
+def next_room_at(backends: Iterable[Backend], now: float) -> float | None:
+    """When the soonest cool-down of a ready backend ends (None when none is cooling): the
+    moment held streams may be placed without any other event."""
+    ends = [b.busy_until for b in backends if b.ready and b.busy_until > now]
+    return min(ends, default=None)
+
+
 @dataclass
 class BackendSet:
     """Backends by URL. Updates keep the active counts of backends that stay."""

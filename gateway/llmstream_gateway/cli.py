@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmstream.envargs import add_env_argument
+from llmstream.wire import SSE_HEARTBEAT_S
 
 from .config import DEFAULT_PORT
 
@@ -129,6 +130,21 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_env_argument(
         parser, "--max-frame-bytes", type=int, default=1 << 20, help="largest client frame"
     )
+    add_env_argument(
+        parser,
+        "--backend-connect-timeout",
+        type=_positive_float,
+        default=5.0,
+        help="seconds to connect to an inference backend",
+    )
+    add_env_argument(
+        parser,
+        "--backend-read-timeout",
+        type=_positive_float,
+        default=6 * SSE_HEARTBEAT_S,
+        help="longest silence on a backend connection before it counts as hung "
+        f"(the inference server sends a heartbeat every {SSE_HEARTBEAT_S:g} s)",
+    )
     add_env_argument(parser, "--log-level", default="INFO", help="logging level")
 
 
@@ -185,6 +201,8 @@ def _serve(args: argparse.Namespace) -> int:
             api_key_file=args.api_key_file,
             idle_timeout_s=args.idle_timeout,
             max_frame_bytes=args.max_frame_bytes,
+            backend_connect_timeout_s=args.backend_connect_timeout,
+            backend_read_timeout_s=args.backend_read_timeout,
             kubeconfig=args.kubeconfig,
             backend_address_map=mappings,
         )

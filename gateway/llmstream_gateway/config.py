@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from llmstream.addressmap import AddressMapping
+from llmstream.wire import SSE_HEARTBEAT_S
 
 DEFAULT_PORT = 8080
 # The annotation the operator watches to scale an endpoint up from zero replicas.
@@ -46,6 +47,9 @@ class GatewayConfig(BaseModel):
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
     probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
     backend_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # Longest silence on a backend connection: the inference server sends a heartbeat every
+    # SSE_HEARTBEAT_S, so a longer gap means it hung (the stream then fails or is retried).
+    backend_read_timeout_s: Annotated[float, Field(gt=0)] = 6 * SSE_HEARTBEAT_S
     kubeconfig: Path | None = None  # None: the pod's service account (in-cluster)
     backend_address_map: tuple[AddressMapping, ...] = ()
 

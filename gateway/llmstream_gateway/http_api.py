@@ -8,12 +8,12 @@ cold-start timeout, bad request at the backend) is answered with a proper HTTP s
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from llmstream import jsonin
 from llmstream.wire import (
     DoneEvent,
     ErrorCode,
@@ -59,9 +59,9 @@ async def read_json(request: web.Request) -> object:
     """The request body as JSON; raises ValueError naming the problem."""
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"request body is not valid JSON: {exc}") from exc
+        return jsonin.loads(raw)
+    except jsonin.JsonInputError as exc:
+        raise ValueError(f"request body: {exc}") from exc
 
 
 class LazyEventStream:

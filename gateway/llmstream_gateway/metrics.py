@@ -34,7 +34,7 @@ OUTCOMES: tuple[Outcome, ...] = (
     "rejected",
     "cold_start_timeout",
 )
-BACKEND_ERROR_REASONS = ("connect", "status", "busy", "disconnect", "protocol")
+BACKEND_ERROR_REASONS = ("connect", "status", "busy", "disconnect", "read_timeout", "protocol")
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -201,7 +201,8 @@ class GatewayMetrics:
         )
         self.backend_errors = Counter(
             "llmstream_gateway_backend_errors",
-            "Failed backend requests by reason (connect, status, busy, disconnect, protocol).",
+            "Failed backend requests by reason (connect, status, busy, disconnect, read_timeout, "
+            "protocol).",
             [*ep, "reason"],
             registry=r,
         )

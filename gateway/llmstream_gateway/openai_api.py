@@ -24,6 +24,7 @@ from llmstream.wire import (
     ErrorEvent,
     GenerateRequest,
     SamplingParams,
+    Seed,
     describe_validation_error,
 )
 
@@ -36,7 +37,7 @@ Kind = Literal["chat", "completion"]
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Open):
@@ -62,7 +63,7 @@ class _Sampling(_Open):
     top_k: Annotated[int, Field(ge=0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] | None = None

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from llmstream import jsonin
 from llmstream.wire import (
     MAX_ID_LENGTH,
     CancelFrame,
@@ -63,9 +64,9 @@ def parse_client_frame(text: str) -> ClientFrame:
             raise FrameError("empty frame: send a prompt or a JSON generate/cancel frame")
         return PlainPrompt(text.strip())
     try:
-        raw = json.loads(stripped)
-    except json.JSONDecodeError as exc:
-        raise FrameError(f"frame is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+        raw = jsonin.loads(stripped)
+    except jsonin.JsonInputError as exc:
+        raise FrameError(f"frame: {exc}") from exc
     if not isinstance(raw, dict):
         raise FrameError("a JSON frame must be an object with 'type' and 'id'")
     stream_id = _frame_id(raw)

@@ -184,5 +184,9 @@ async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[list[Ba
                 yield batch
     except ValueError as exc:
         raise BackendBrokenError("protocol", str(exc)) from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise BackendBrokenError(
+            "read_timeout", f"backend sent nothing, not even a heartbeat: {exc!r}"
+        ) from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise BackendBrokenError("disconnect", f"backend stream broke: {exc!r}") from exc

@@ -89,7 +89,11 @@ class Gateway:
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: client session and discovery live as long as the app."""
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.config.backend_connect_timeout_s)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.config.backend_connect_timeout_s,
+            sock_read=self.config.backend_read_timeout_s,
+        )
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         self._runner = StreamRunner(self.activator, self._session, self.metrics)
         self._catalog = ModelCatalog(self.backends, self._session, self.config.endpoint)

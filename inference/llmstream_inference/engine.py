@@ -343,8 +343,15 @@ class Engine:
     def _join(
         self, seq: Sequence, rows: list[tuple[torch.Tensor, torch.Tensor]], logits: torch.Tensor
     ) -> None:
-        """Sample a prefilled sequence's first token; unless that ends it, add it to the batch."""
-        token = seq.sampler.pick(logits, seq.history)
+        """Sample a prefilled sequence's first token; unless that ends it, add it to the batch.
+
+        A failure here belongs to this sequence alone: it fails, the others go on.
+        """
+        try:
+            token = seq.sampler.pick(logits, seq.history)
+        except Exception as exc:
+            self._fail_one(seq, exc)
+            return
         if not self._accept(seq, token):
             self._batch.add_row(rows)
             self._running.append(seq)
@@ -352,19 +359,23 @@ class Engine:
     def _decode_step(self) -> None:
         started = time.monotonic()
         logits = self.runner.decode(self._batch, [s.last_token for s in self._running])
-        tokens = pick_batch(
+        picked = pick_batch(
             logits, [s.sampler for s in self._running], [s.history for s in self._running]
         )
-        finished = [
-            seq
-            for seq, token in zip(self._running, tokens, strict=True)
-            if self._accept(seq, token)
-        ]
-        for seq in finished:
+        ended: list[Sequence] = []
+        failed: list[tuple[Sequence, Exception]] = []
+        for seq, token in zip(self._running, picked, strict=True):
+            if isinstance(token, Exception):
+                failed.append((seq, token))
+            elif self._accept(seq, token):
+                ended.append(seq)
+        for seq in ended:
             self._remove_running(seq)
+        for seq, exc in failed:
+            self._fail_one(seq, exc)
         elapsed = time.monotonic() - started
         self._step_seconds = 0.8 * self._step_seconds + 0.2 * elapsed
-        self.observer.on_step(len(tokens), elapsed)
+        self.observer.on_step(len(picked), elapsed)
 
     def _accept(self, seq: Sequence, token: int) -> bool:
         """Record a sampled token; True when the sequence finished (and was finalised)."""
@@ -420,14 +431,28 @@ class Engine:
         """End a sequence wherever it is (queue, prefill or batch)."""
         if seq.done:
             return
+        self._detach(seq)
+        self._finalise(seq, reason)
+
+    def _detach(self, seq: Sequence) -> None:
+        """Take a sequence out of whichever queue or batch holds it (if any)."""
         if seq in self._running:
             self._remove_running(seq)
         elif seq in self._prefilling:
             self._prefilling.remove(seq)
-            seq.prefill_cache = None
         elif seq in self._waiting:
             self._waiting.remove(seq)
-        self._finalise(seq, reason)
+        seq.prefill_cache = None
+
+    def _fail_one(self, seq: Sequence, exc: Exception) -> None:
+        """A failure that is this sequence's own (its sampling): only it ends, with `Failed`,
+        and its admission slot is given back."""
+        log.error("sequence failed, the others go on: %s: %s", type(exc).__name__, exc)
+        if seq.done:
+            return
+        self._detach(seq)
+        self._release(seq)
+        self._post(seq, Failed(f"internal error in this request's sampling: {exc}"))
 
     def _remove_running(self, seq: Sequence) -> None:
         row = self._running.index(seq)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from llmstream import jsonin
 from llmstream.wire import ErrorCode
 
 from .engine import Failed, Finished, Stream, TokenDelta
@@ -22,8 +24,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
     """Parse a JSON body into `model`; malformed JSON is 400, invalid fields 422."""
     raw = await request.body()
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = jsonin.loads(raw)
+    except jsonin.JsonInputError as exc:
         raise ApiError(
             400, ErrorCode.INVALID_REQUEST, f"the body is not valid JSON: {exc}"
         ) from exc
@@ -45,6 +47,39 @@ def sse(event: str, payload: BaseModel | dict[str, Any] | str) -> bytes:
         data = payload
     prefix = f"event: {event}\n" if event else ""
     return f"{prefix}data: {data}\n\n".encode()
+
+
+async def with_heartbeats(
+    source: AsyncIterator[bytes], interval_s: float, heartbeat: bytes
+) -> AsyncIterator[bytes]:
+    """`source`'s chunks, with `heartbeat` sent whenever none came for `interval_s`.
+
+    The next chunk is awaited as a task that survives a heartbeat (cancelling it would end the
+    source); closing this generator cancels it and closes the source.
+    """
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source))
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if not done:
+                yield heartbeat
+                continue
+            finished, pending = pending, None
+            try:
+                chunk = finished.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def until_disconnected(request: Request, work: Awaitable[Any], stream: Stream) -> Any:

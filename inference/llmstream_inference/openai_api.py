@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmstream.wire import ChatMessage, ErrorCode, GenerateInput, SamplingParams
+from llmstream.wire import ChatMessage, ErrorCode, GenerateInput, SamplingParams, Seed
 
 from .engine import Failed, Finished, Stream, TokenDelta
 from .errors import ApiError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -33,7 +33,7 @@ class _Request(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     stop: str | Annotated[list[str], Field(max_length=8)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: dict[str, bool] | None = None
     n: Literal[1] = 1
@@ -70,13 +70,13 @@ class _Request(BaseModel):
 
 
 class _TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
 
 class _ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[_TextPart]
     name: str | None = None

@@ -111,15 +111,38 @@ class Sampler:
         if not self.sampling.do_sample:
             return int(scores.argmax(dim=-1).item())
         probs = torch.softmax(scores, dim=-1)
+        if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0.0:
+            return limit_pick(scores, logits)
         return int(torch.multinomial(probs, 1, generator=self._generator).item())
+
+
+def limit_pick(scores: torch.Tensor, logits: torch.Tensor) -> int:
+    """The token sampling tends to when the processed scores are degenerate.
+
+    Legal but extreme parameters (a temperature of 1e-300, a repetition penalty of 1e-300)
+    overflow the scores to infinity, and softmax turns `inf - inf` into NaN, which
+    `torch.multinomial` refuses. Their limit is all mass on the best token: the highest score
+    (an infinite one counts), or the model's own argmax when no score is left.
+    """
+    cleaned = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    if bool(torch.isinf(cleaned).all()) and float(cleaned.max()) < 0:
+        return int(logits.argmax().item())
+    return int(cleaned.argmax().item())
 
 
 def pick_batch(
     logits: torch.Tensor, samplers: list[Sampler], histories: list[list[int]]
-) -> list[int]:
-    """Next token for every row of `logits` [rows, vocab]."""
+) -> list[int | Exception]:
+    """Next token for every row of `logits` [rows, vocab]; a row whose sampler fails gets the
+    exception instead, so one request's failure is never the batch's."""
     greedy = logits.argmax(dim=-1).tolist()
-    return [
-        greedy[i] if sampler.sampling.is_plain_greedy else sampler.pick(logits[i], histories[i])
-        for i, sampler in enumerate(samplers)
-    ]
+    picked: list[int | Exception] = []
+    for i, sampler in enumerate(samplers):
+        if sampler.sampling.is_plain_greedy:
+            picked.append(greedy[i])
+            continue
+        try:
+            picked.append(sampler.pick(logits[i], histories[i]))
+        except Exception as exc:
+            picked.append(exc)
+    return picked

@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmstream.wire import (
+    SSE_HEARTBEAT,
+    SSE_HEARTBEAT_S,
     DoneEvent,
     ErrorCode,
     ErrorEvent,
@@ -42,7 +44,7 @@ from .engine import (
     TokenDelta,
 )
 from .errors import ApiError
-from .httpio import collect, parse_body, sse, until_disconnected
+from .httpio import collect, parse_body, sse, until_disconnected, with_heartbeats
 from .metrics import InferenceMetrics
 from .openai_api import add_openai_routes
 from .prompts import PromptBuilder
@@ -62,6 +64,7 @@ class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     defaults: Defaults = field(default_factory=Defaults)
     warmup: bool = True
+    sse_heartbeat_s: float = SSE_HEARTBEAT_S
 
 
 class ServerState:
@@ -202,7 +205,11 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
         prefix = state.prompts_or_fail().prompt_text(body) if body.params.return_full_text else ""
         if body.stream:
             return StreamingResponse(
-                _native_events(stream, request_id, prefix),
+                with_heartbeats(
+                    _native_events(stream, request_id, prefix),
+                    state.config.sse_heartbeat_s,
+                    SSE_HEARTBEAT,
+                ),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )

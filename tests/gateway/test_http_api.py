@@ -171,3 +171,59 @@ async def test_openai_unsupported_parameter_is_a_400_naming_it(fake_backend, gat
             model="m", messages=[{"role": "user", "content": "hi"}], n=2
         )
     await client.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"prompt":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested more than 32 levels"),
+        (b'{"prompt": "hi \\ud800"}', "lone UTF-16 surrogate"),
+        (b'{"prompt": "hi", "params": {"top_p": Infinity}}', "Infinity is not a JSON number"),
+    ],
+)
+async def test_bodies_that_once_answered_5xx_are_a_400_naming_the_problem(
+    fake_backend, gateway, http, body, words
+):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    for path in ("/v1/generate", "/v1/completions"):
+        response = await http.post(gw.url + path, data=body)
+        assert response.status == 400, await response.text()
+        assert words in (await response.json())["error"]["message"]
+    assert backend.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/v1/generate", {"prompt": "hi", "params": {"seed": 2**64}}, "params.seed"),
+        ("/v1/generate", {"prompt": "hi", "params": {"max_new_tokens": "4"}}, "max_new_tokens"),
+        ("/v1/generate", {"prompt": "hi", "params": {"do_sample": "yes"}}, "do_sample"),
+        ("/v1/completions", {"prompt": "hi", "seed": 2**64}, "seed"),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": "4"}, "max_tokens"),
+    ],
+)
+async def test_out_of_range_and_loosely_typed_fields_are_a_400(
+    fake_backend, gateway, http, path, body, words
+):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    response = await http.post(gw.url + path, json=body)
+    assert response.status == 400, await response.text()
+    assert words in (await response.json())["error"]["message"]
+    assert backend.requests == 0
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_a_401(fake_backend, gateway):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,), api_key="k")
+    port = int(gw.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status_line.split()[1] == b"401", status_line

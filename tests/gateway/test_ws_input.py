@@ -35,8 +35,21 @@ async def next_frame(ws: aiohttp.ClientWebSocketResponse) -> dict[str, object]:
         ),
         ('{"type":"generate","id":"q1"}', "q1", "one of 'prompt', 'messages' or 'question'"),
         ("[1, 2]", None, "must be an object"),
+        # Once these dropped the connection (RecursionError) or broke later encoding:
+        ('{"type":"generate","id":"q1","prompt":' + "[" * 5000 + "]" * 5000 + "}", None,
+         "nested more than 32 levels"),
+        ('{"type":"generate","id":"q\\ud800","prompt":"hi"}', None, "lone UTF-16 surrogate"),
+        ('{"type":"generate","id":"q1","prompt":"hi \\udfff"}', None, "$.prompt holds a lone"),
+        ('{"type":"generate","id":"q1","prompt":"hi","params":{"temperature":NaN}}', None,
+         "NaN is not a JSON number"),
+        ('{"type":"generate","id":"q1","prompt":"hi","params":{"max_new_tokens":"4"}}', "q1",
+         "params.max_new_tokens"),
+        ('{"type":"generate","id":"q1","prompt":"hi","params":{"do_sample":"yes"}}', "q1",
+         "params.do_sample"),
+        ('{"type":"generate","id":"q1","prompt":"hi","params":{"seed":18446744073709551616}}',
+         "q1", "params.seed"),
     ],
-)
+)  # fmt: skip
 async def test_bad_frame_gets_an_error_naming_the_problem_and_the_connection_stays_open(
     fake_backend, gateway, http, frame, stream_id, names
 ):

@@ -123,3 +123,48 @@ def test_admission_counts_a_sequence_while_the_engine_moves_it_into_the_batch(
     finally:
         release.set()
         engine.stop()
+
+
+def test_a_request_whose_sampling_fails_ends_alone_and_frees_its_slot(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One poisoned sequence (its sampler raises, at its first token or later) answers its own
+    client with `Failed`; the sequences beside it finish normally."""
+    from llmstream_inference.engine import Failed
+    from llmstream_inference.sampling import Sampler
+
+    real_pick = Sampler.pick
+    poison_seed = 6661
+
+    def pick(self: Sampler, logits, history):  # type: ignore[no-untyped-def]
+        if self.sampling.seed == poison_seed and len(history) > self.poison_after:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real_pick(self, logits, history)
+
+    monkeypatch.setattr(Sampler, "pick", pick)
+    ids = engine.runner.tokenizer("Streams share one batch")["input_ids"]
+    for poison_after in (0, len(ids) + 3):  # at the first token; mid-stream
+        monkeypatch.setattr(Sampler, "poison_after", poison_after, raising=False)
+        healthy = [ListSink() for _ in range(2)]
+        for sink in healthy:
+            engine.submit(ids, greedy(12), sink)
+        poisoned = ListSink()
+        sampled = resolve(
+            SamplingParams(max_new_tokens=12, temperature=1.0, seed=poison_seed), Defaults()
+        )
+        engine.submit(ids, sampled, poisoned)
+        for sink in healthy:
+            assert sink.done.wait(30)
+            [finished] = [e for e in sink.events if isinstance(e, Finished)]
+            assert finished.completion_tokens == 12
+        for _ in range(300):
+            if any(isinstance(e, Failed) for e in poisoned.events):
+                break
+            threading.Event().wait(0.01)
+        assert isinstance(poisoned.events[-1], Failed)
+        assert "sampling" in poisoned.events[-1].message
+        for _ in range(300):
+            if engine.running == 0 and engine._admitted == 0:
+                break
+            threading.Event().wait(0.01)
+        assert (engine.running, engine._admitted) == (0, 0)

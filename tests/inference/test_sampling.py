@@ -68,3 +68,41 @@ def test_batch_pick_matches_row_by_row_choices() -> None:
     histories = [[1], [int(logits[1].argmax())], [2]]
     expected = [s.pick(logits[i], histories[i]) for i, s in enumerate(samplers)]
     assert pick_batch(logits, samplers, histories) == expected
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1e-320),
+        SamplingParams(temperature=1e-300, top_p=0.5, top_k=5),
+        SamplingParams(temperature=1.0, repetition_penalty=1e-300),
+        SamplingParams(temperature=1e-45, repetition_penalty=1e-300),
+    ],
+)
+def test_extreme_but_legal_parameters_pick_the_limit_token_instead_of_failing(params) -> None:
+    """Their scores overflow and softmax yields NaN; multinomial would raise on it."""
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.0, 1.0])
+    sampler = Sampler(resolve(params, DEFAULTS), torch.device("cpu"))
+    for history in ([0], [1], [1, 3]):
+        token = sampler.pick(logits, history)
+        assert 0 <= token < 5
+
+
+def test_a_degenerate_distribution_falls_back_to_the_best_token() -> None:
+    from llmstream_inference.sampling import limit_pick
+
+    logits = torch.tensor([0.5, 3.0, -1.0])
+    inf, nan = float("inf"), float("nan")
+    assert limit_pick(torch.tensor([[1.0, inf, nan]]), logits) == 1
+    assert limit_pick(torch.tensor([[nan, nan, nan]]), logits) == 1  # the model's own choice
+    assert limit_pick(torch.tensor([[-inf, -inf, 2.0]]), logits) == 2
+
+
+def test_a_failing_row_is_returned_as_its_error_and_the_others_still_pick() -> None:
+    logits = torch.randn(2, 10)
+    good = Sampler(resolve(SamplingParams(temperature=1.0, seed=1), DEFAULTS), torch.device("cpu"))
+    bad = Sampler(resolve(SamplingParams(temperature=1.0, seed=2), DEFAULTS), torch.device("cpu"))
+    bad.pick = lambda logits, history: (_ for _ in ()).throw(RuntimeError("poisoned"))  # type: ignore[method-assign]
+    picked = pick_batch(logits, [good, bad], [[0], [0]])
+    assert isinstance(picked[0], int)
+    assert isinstance(picked[1], RuntimeError)

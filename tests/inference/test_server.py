@@ -251,3 +251,62 @@ def test_metrics_pass_promtool(server: InferenceProcess) -> None:
 def test_health_and_readiness(server: InferenceProcess) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"temperature": 1e-320},
+        {"temperature": 1.0, "repetition_penalty": 1e-300},
+    ],
+)
+async def test_extreme_sampling_parameters_harm_no_stream_and_are_answered(
+    server: InferenceProcess, poison: dict[str, Any]
+) -> None:
+    """Once, such a request made softmax yield NaN and the engine failed every stream beside it
+    while the request itself never got an answer."""
+    body = {"prompt": "Kubernetes runs containers", "params": {**GREEDY, "max_new_tokens": 24}}
+    poisoned = {"prompt": "Kubernetes runs", "params": {**poison, "max_new_tokens": 8}}
+    results = await asyncio.gather(
+        stream_text(server, body), stream_text(server, poisoned), stream_text(server, body)
+    )
+    for _pieces, done in results:
+        assert done["finish_reason"] in {"stop", "length"}
+    assert results[0][1]["usage"]["completion_tokens"] == 24
+    assert results[0][0] == results[2][0]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/v1/generate", b'{"prompt":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested more than"),
+        ("/v1/generate", b'{"prompt": "hi \\ud800"}', "lone UTF-16 surrogate"),
+        ("/v1/generate", b'{"prompt": "hi", "params": {"top_p": NaN}}', "NaN is not a JSON"),
+        ("/v1/completions", b'{"prompt": "hi \\udfff"}', "lone UTF-16 surrogate"),
+        ("/v1/chat/completions", b'{"messages": ' + b"[" * 3000 + b"]" * 3000 + b"}", "nested"),
+    ],
+)
+def test_bodies_that_once_answered_500_are_a_400_naming_the_problem(
+    server: InferenceProcess, path: str, body: bytes, words: str
+) -> None:
+    response = httpx.post(f"{server.url}{path}", content=body, timeout=10)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/v1/generate", {"prompt": "hi", "params": {"seed": 2**64}}, "params.seed"),
+        ("/v1/generate", {"prompt": "hi", "params": {"max_new_tokens": "4"}}, "max_new_tokens"),
+        ("/v1/completions", {"prompt": "hi", "seed": -(2**63) - 1}, "seed"),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": "4"}, "max_tokens"),
+    ],
+)
+def test_out_of_range_and_loosely_typed_fields_are_refused(
+    server: InferenceProcess, path: str, body: dict[str, Any], words: str
+) -> None:
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=10)
+    assert response.status_code in (400, 422), response.text
+    assert words in response.json()["error"]["message"]
+    assert generate(server, {"prompt": "hi", "params": {**GREEDY, "max_new_tokens": 2}}).is_success
