@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmstream.envargs import add_env_argument
-from llmstream.wire import SSE_HEARTBEAT_S
+from llmstream.wire import MAX_BODY_BYTES, SSE_HEARTBEAT_S
 
 from .config import DEFAULT_PORT
 
@@ -128,7 +128,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds an idle WebSocket (no stream, no frame) stays open",
     )
     add_env_argument(
-        parser, "--max-frame-bytes", type=int, default=1 << 20, help="largest client frame"
+        parser, "--max-frame-bytes", type=int, default=MAX_BODY_BYTES, help="largest client frame"
     )
     add_env_argument(
         parser,

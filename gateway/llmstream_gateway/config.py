@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from llmstream.addressmap import AddressMapping
-from llmstream.wire import SSE_HEARTBEAT_S
+from llmstream.wire import MAX_BODY_BYTES, SSE_HEARTBEAT_S
 
 DEFAULT_PORT = 8080
 # The annotation the operator watches to scale an endpoint up from zero replicas.
@@ -43,7 +43,7 @@ class GatewayConfig(BaseModel):
     api_key: SecretStr | None = None
     api_key_file: Path | None = None  # re-read when it changes (a mounted Secret rotates)
     idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
-    max_frame_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    max_frame_bytes: Annotated[int, Field(ge=1024)] = MAX_BODY_BYTES
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
     probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
     backend_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0

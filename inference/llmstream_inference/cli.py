@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmstream.envargs import add_env_argument, parse_bool
+from llmstream.wire import MAX_BODY_BYTES
 
 
 def register(commands: Any) -> None:
@@ -71,12 +72,15 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     add_env_argument(
         p, "--allow-download", type=parse_bool, default=True, help="fetch hf:// models"
     )
+    add_env_argument(
+        p, "--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request body"
+    )
     add_env_argument(p, "--log-level", default="info", help="debug | info | warning")
 
 
 def _check_limits(args: argparse.Namespace) -> str | None:
     positive = ("max_batch_size", "max_new_tokens_limit", "default_max_new_tokens",
-                "prefill_chunk_tokens")  # fmt: skip
+                "prefill_chunk_tokens", "max_body_bytes")  # fmt: skip
     for name in positive:
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})"
@@ -144,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_context_tokens=args.max_context_tokens or None,
             prefill_chunk_tokens=args.prefill_chunk_tokens,
         ),
+        max_body_bytes=args.max_body_bytes,
         defaults=Defaults(
             max_new_tokens=args.default_max_new_tokens,
             temperature=args.default_temperature,

@@ -20,9 +20,30 @@ from .errors import ApiError, invalid
 M = TypeVar("M", bound=BaseModel)
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Parse a JSON body into `model`; malformed JSON is 400, invalid fields 422."""
-    raw = await request.body()
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, or 413 as soon as it is known to exceed `max_bytes` (by its Content-Length,
+    or while it streams in): an oversized body is never held in memory whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, ErrorCode.INVALID_REQUEST, _too_large(int(declared), max_bytes))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, ErrorCode.INVALID_REQUEST, _too_large(size, max_bytes))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"the request body is over {max_bytes} bytes (at least {size}); send a shorter one"
+
+
+async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
+    """Parse a JSON body into `model`; too large is 413, malformed JSON 400, invalid fields
+    422."""
+    raw = await read_body(request, max_bytes)
     try:
         data = jsonin.loads(raw)
     except jsonin.JsonInputError as exc:

@@ -166,8 +166,8 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = await parse_body(request, ChatCompletionRequest)
-        stream = state.open(body.native())
+        body = await parse_body(request, ChatCompletionRequest, state.config.max_body_bytes)
+        stream = await state.open(body.native())
         rid = state.next_id("chatcmpl")
         base = {"id": rid, "created": int(time.time()), "model": name}
         if body.stream:
@@ -201,9 +201,9 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = await parse_body(request, CompletionRequest)
+        body = await parse_body(request, CompletionRequest, state.config.max_body_bytes)
         native = body.native()
-        stream = state.open(native)
+        stream = await state.open(native)
         rid = state.next_id("cmpl")
         base = {"id": rid, "created": int(time.time()), "model": name}
         echo = body.prompt_text() if body.echo else ""

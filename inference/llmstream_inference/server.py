@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmstream.wire import (
+    MAX_BODY_BYTES,
+    MAX_CHARS_PER_CONTEXT_TOKEN,
     SSE_HEARTBEAT,
     SSE_HEARTBEAT_S,
     DoneEvent,
@@ -65,6 +67,7 @@ class ServerConfig:
     defaults: Defaults = field(default_factory=Defaults)
     warmup: bool = True
     sse_heartbeat_s: float = SSE_HEARTBEAT_S
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 class ServerState:
@@ -111,12 +114,23 @@ class ServerState:
         return self.engine
 
     def prepare(self, request: GenerateInput) -> tuple[list[int], ResolvedSampling]:
-        """Token ids and resolved sampling for a request, or an ApiError naming the problem."""
+        """Token ids and resolved sampling for a request, or an ApiError naming the problem.
+
+        Blocking (the tokenizer): `open` runs it on a worker thread.
+        """
         engine = self.engine_or_fail()
         try:
             sampling = resolve(request.params, self.config.defaults)
         except ParameterError as exc:
             raise ApiError(422, ErrorCode.INVALID_REQUEST, str(exc), param=exc.field) from exc
+        chars = input_chars(request)
+        if chars > engine.max_context * MAX_CHARS_PER_CONTEXT_TOKEN:
+            raise ApiError(
+                400,
+                ErrorCode.CONTEXT_TOO_LONG,
+                f"the prompt is {chars} characters; this model's context is "
+                f"{engine.max_context} tokens, which no text of that length fits",
+            )
         ids = self.prompts_or_fail().input_ids(request)
         try:
             engine.check_prompt(len(ids))
@@ -124,9 +138,10 @@ class ServerState:
             raise ApiError(400, ErrorCode.CONTEXT_TOO_LONG, str(exc)) from exc
         return ids, sampling
 
-    def open(self, request: GenerateInput) -> Stream:
-        """Admit a request into the engine (429/503 as ApiError)."""
-        ids, sampling = self.prepare(request)
+    async def open(self, request: GenerateInput) -> Stream:
+        """Admit a request into the engine (429/503 as ApiError). Tokenizing runs on a worker
+        thread, so a long prompt never stalls the streams this event loop serves."""
+        ids, sampling = await asyncio.to_thread(self.prepare, request)
         try:
             return self.engine_or_fail().open(ids, sampling)
         except EngineFullError as exc:
@@ -135,6 +150,13 @@ class ServerState:
             ) from exc
         except EngineDrainingError as exc:
             raise ApiError(503, ErrorCode.BACKEND_UNAVAILABLE, str(exc)) from exc
+
+
+def input_chars(request: GenerateInput) -> int:
+    """Characters of text a request asks the model to read."""
+    texts = [request.prompt, request.question, request.context]
+    texts += [m.content for m in request.messages or []]
+    return sum(len(text) for text in texts if text)
 
 
 async def _drain(engine: Engine, ids: list[int]) -> int:
@@ -199,8 +221,8 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
 
     @app.post("/v1/generate")
     async def generate(request: Request) -> Response:
-        body = await parse_body(request, GenerateRequest)
-        stream = state.open(body)
+        body = await parse_body(request, GenerateRequest, config.max_body_bytes)
+        stream = await state.open(body)
         request_id = state.next_id("gen")
         prefix = state.prompts_or_fail().prompt_text(body) if body.params.return_full_text else ""
         if body.stream:

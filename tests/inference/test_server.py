@@ -310,3 +310,28 @@ def test_out_of_range_and_loosely_typed_fields_are_refused(
     assert response.status_code in (400, 422), response.text
     assert words in response.json()["error"]["message"]
     assert generate(server, {"prompt": "hi", "params": {**GREEDY, "max_new_tokens": 2}}).is_success
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read_whole(server: InferenceProcess) -> None:
+    big = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
+    declared = httpx.post(f"{server.url}/v1/generate", content=big, timeout=30)
+    assert declared.status_code == 413
+    assert "over 1048576 bytes" in declared.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: the limit holds while the body streams in
+        for _ in range(40):
+            yield b"x" * 65536
+
+    streamed = httpx.post(f"{server.url}/v1/completions", content=chunked(), timeout=30)
+    assert streamed.status_code == 413
+    assert generate(server, {"prompt": "hi", "params": {**GREEDY, "max_new_tokens": 2}}).is_success
+
+
+def test_a_prompt_no_context_could_hold_is_refused_without_tokenizing(
+    server: InferenceProcess,
+) -> None:
+    response = generate(server, {"prompt": "Kubernetes " * 90_000})  # 990,000 characters
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_too_long"
+    assert "990000 characters" in error["message"]
