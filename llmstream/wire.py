@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
 
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     OVERLOADED = "overloaded"
     COLD_START_TIMEOUT = "cold_start_timeout"
     BACKEND_UNAVAILABLE = "backend_unavailable"

@@ -6,8 +6,9 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import unquote_plus, urlsplit
 
 QUERY_PARAMETER = "api_key"
 log = logging.getLogger("llmstream.gateway.auth")
@@ -35,15 +36,34 @@ def key_accepted(expected: str | None, presented: str | None) -> bool:
 
 
 def redact_query(path_qs: str) -> str:
-    """A request target safe for logs: the api_key parameter's value is replaced."""
+    """A request target safe for logs: the api_key parameter's value is replaced, however
+    its name is spelled (`api%5Fkey` is the same parameter to the server)."""
     path, sep, query = path_qs.partition("?")
     if not sep:
         return path
     parts = [
-        f"{QUERY_PARAMETER}=<redacted>" if p.split("=", 1)[0] == QUERY_PARAMETER else p
+        f"{QUERY_PARAMETER}=<redacted>"
+        if unquote_plus(p.split("=", 1)[0]) == QUERY_PARAMETER
+        else p
         for p in query.split("&")
     ]
     return f"{path}?{'&'.join(parts)}"
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a request may proceed given its `Origin` header.
+
+    No Origin (wscat, the SDKs, curl): yes, the API key decides. The gateway's own page
+    (same host and port): yes. Otherwise only an origin in `allowed` (or `*` there). A browser
+    always sends Origin on a cross-site WebSocket or POST, so a page elsewhere cannot use a
+    visitor's network position (or a key in a URL) to stream through this gateway.
+    """
+    if origin is None:
+        return True
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    parts = urlsplit(origin)
+    return bool(host) and parts.scheme in ("http", "https") and parts.netloc == host
 
 
 class KeyFileError(ValueError):

@@ -130,6 +130,15 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_env_argument(
         parser, "--max-frame-bytes", type=int, default=MAX_BODY_BYTES, help="largest client frame"
     )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        default=None,
+        metavar="ORIGIN",
+        help="a browser origin (https://chat.example.com) besides the gateway's own page that "
+        "may call it; * allows any (repeatable) [env LLMSTREAM_ALLOWED_ORIGINS, comma-separated]",
+    )
     add_env_argument(
         parser,
         "--backend-connect-timeout",
@@ -202,6 +211,11 @@ def _serve(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout,
             max_frame_bytes=args.max_frame_bytes,
             backend_connect_timeout_s=args.backend_connect_timeout,
+            allowed_origins=tuple(
+                o.rstrip("/")
+                for o in args.allowed_origins
+                or _split_backends(os.environ.get("LLMSTREAM_ALLOWED_ORIGINS", ""))
+            ),
             backend_read_timeout_s=args.backend_read_timeout,
             kubeconfig=args.kubeconfig,
             backend_address_map=mappings,

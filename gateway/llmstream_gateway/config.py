@@ -52,6 +52,9 @@ class GatewayConfig(BaseModel):
     backend_read_timeout_s: Annotated[float, Field(gt=0)] = 6 * SSE_HEARTBEAT_S
     kubeconfig: Path | None = None  # None: the pod's service account (in-cluster)
     backend_address_map: tuple[AddressMapping, ...] = ()
+    # Browser origins (scheme://host[:port]) besides the gateway's own page that may call it;
+    # `*` allows any. Requests without an Origin header are not affected.
+    allowed_origins: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _backends_match_discovery(self) -> GatewayConfig:

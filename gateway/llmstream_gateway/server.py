@@ -20,7 +20,7 @@ from aiohttp.web_response import StreamResponse
 from llmstream.wire import ErrorCode
 
 from .activator import Activator, NoWaker, Waker
-from .auth import RotatingKey, key_accepted, presented_key, redact_query
+from .auth import RotatingKey, key_accepted, origin_allowed, presented_key, redact_query
 from .backends import BackendSet
 from .config import GatewayConfig
 from .discovery import StaticDiscovery
@@ -31,9 +31,11 @@ from .streams import StreamRunner
 from .ws import serve_websocket
 
 log = logging.getLogger("llmstream.gateway")
-# Paths that never need the API key: probes, metrics, and the page (its script sends the key).
 LISTEN_BACKLOG = 4096
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+# Paths that never need the API key: probes, metrics, the page (its script sends the key) and
+# the load report, which tells what /metrics tells; the operator's autoscaler reads it with no
+# key, so an endpoint with `apiKeySecretRef` still scales on load and to zero.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/load"})
 
 
 class Gateway:
@@ -198,8 +200,17 @@ class Gateway:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, request.host, self.config.allowed_origins):
+            return error_response(
+                ErrorCode.FORBIDDEN,
+                f"requests from origin {origin!r} are not allowed here "
+                "(the gateway's --allowed-origin lists the pages that may call it)",
+            )
         # The WebSocket handler checks the key itself so it can close with 4401.
-        if request.path in OPEN_PATHS or request.path == "/v1/ws" or self.authorized(request):
+        if request.path == "/v1/ws" or self.authorized(request):
             return await handler(request)
         return error_response(ErrorCode.UNAUTHORIZED, "missing or wrong API key")
 
