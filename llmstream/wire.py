@@ -29,6 +29,9 @@ SSE_HEARTBEAT = b": keepalive\n\n"
 
 # A sampling seed: torch's generators take [-2**63, 2**64).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+# Stop strings: at most MAX_STOP_STRINGS, none empty (an empty one would match everywhere).
+StopString = Annotated[str, Field(min_length=1)]
+StopStrings = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 
 
 class _Strict(BaseModel):
@@ -62,9 +65,7 @@ class SamplingParams(_Strict):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=0)] = 0
     repetition_penalty: Annotated[float, Field(gt=0.0)] = 1.0
-    stop: Annotated[
-        list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
-    ] = Field(default_factory=list)
+    stop: StopStrings = Field(default_factory=list)
     seed: Seed | None = None
     do_sample: bool | None = None
     return_full_text: bool = False

@@ -25,6 +25,8 @@ from llmstream.wire import (
     GenerateRequest,
     SamplingParams,
     Seed,
+    StopString,
+    StopStrings,
     describe_validation_error,
 )
 
@@ -62,7 +64,7 @@ class _Sampling(_Open):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
-    stop: str | list[str] | None = None
+    stop: StopString | StopStrings | None = None
     seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

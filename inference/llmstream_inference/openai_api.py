@@ -12,12 +12,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llmstream.wire import ChatMessage, ErrorCode, GenerateInput, SamplingParams, Seed
+from llmstream.wire import (
+    ChatMessage,
+    ErrorCode,
+    GenerateInput,
+    SamplingParams,
+    Seed,
+    StopString,
+    StopStrings,
+)
 
 from .engine import Failed, Finished, Stream, TokenDelta
-from .errors import ApiError
+from .errors import ApiError, invalid
 from .httpio import collect, parse_body, sse, until_disconnected
 
 if TYPE_CHECKING:
@@ -32,7 +40,7 @@ class _Request(BaseModel):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=8)] | None = None
+    stop: StopString | StopStrings | None = None
     seed: Seed | None = None
     stream: bool = False
     stream_options: dict[str, bool] | None = None
@@ -111,6 +119,14 @@ class CompletionRequest(_Request):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+def _native(body: ChatCompletionRequest | CompletionRequest) -> GenerateInput:
+    """The native request; a rule only it checks is still a 422 naming the field."""
+    try:
+        return body.native()
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+
 def _usage(done: Finished) -> dict[str, int]:
     return {
         "prompt_tokens": done.prompt_tokens,
@@ -167,7 +183,7 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest, state.config.max_body_bytes)
-        stream = await state.open(body.native())
+        stream = await state.open(_native(body))
         rid = state.next_id("chatcmpl")
         base = {"id": rid, "created": int(time.time()), "model": name}
         if body.stream:
@@ -202,7 +218,7 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = await parse_body(request, CompletionRequest, state.config.max_body_bytes)
-        native = body.native()
+        native = _native(body)
         stream = await state.open(native)
         rid = state.next_id("cmpl")
         base = {"id": rid, "created": int(time.time()), "model": name}

@@ -301,8 +301,11 @@ def test_bodies_that_once_answered_500_are_a_400_naming_the_problem(
         ("/v1/generate", {"prompt": "hi", "params": {"max_new_tokens": "4"}}, "max_new_tokens"),
         ("/v1/completions", {"prompt": "hi", "seed": -(2**63) - 1}, "seed"),
         ("/v1/completions", {"prompt": "hi", "max_tokens": "4"}, "max_tokens"),
+        ("/v1/completions", {"prompt": "hi", "stop": ""}, "stop"),  # once a 500
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                  "stop": ["x", ""]}, "stop"),
     ],
-)
+)  # fmt: skip
 def test_out_of_range_and_loosely_typed_fields_are_refused(
     server: InferenceProcess, path: str, body: dict[str, Any], words: str
 ) -> None:
