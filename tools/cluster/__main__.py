@@ -62,6 +62,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"control plane (Kubernetes {found.kubernetes_version}) up in "
                 f"{time.monotonic() - started:.1f}s; logs in {plane.workdir / 'logs'}"
             )
+            print(
+                f"host routes while it runs: {plane.routes.describe()} — pod and Service "
+                "addresses fail fast here instead of leaving the machine"
+            )
             print(f"export KUBECONFIG={plane.kubeconfig}")
             print(
                 f"export PATH={found.kubectl.parent}:$PATH   # kubectl {versions.KUBECTL_VERSION},"
