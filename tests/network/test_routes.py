@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testsupport import IN_CI
+from testsupport import IN_CI, poll_until
 
 from tools.cluster import routes
 from tools.cluster.routes import LocalRoutes, OwnedRoute
@@ -96,13 +96,8 @@ def route_get(address: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_gone(metric: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not ours(metric):
-            return True
-        time.sleep(0.1)
-    return False
+def wait_gone(metric: int, timeout: float = 15.0) -> None:
+    poll_until(f"the routes of metric {metric} to go", lambda: not ours(metric), timeout)
 
 
 @pytest.fixture
@@ -166,7 +161,7 @@ def test_the_routes_go_when_the_owner_is_killed_outright(can_route: None, tmp_pa
     assert ours(metric)
     owner.send_signal(signal.SIGKILL)
     owner.wait(10)
-    assert wait_gone(metric), f"routes of a killed owner stayed: {ours(metric)}"
+    wait_gone(metric)
 
 
 def test_routes_of_a_keeper_killed_outright_are_removed_by_the_next(
