@@ -296,6 +296,48 @@ def inference_service(owner: Owner) -> Manifest:
     )
 
 
+def inference_network_policy(owner: Owner) -> Manifest:
+    """Only the endpoint's gateway pods reach its inference pods.
+
+    The gateway is where the API key, admission and per-stream metrics are; a pod that could
+    post to the inference server directly would bypass all three. Pods labelled
+    `llmstream.dev/inference-access: "true"` in any namespace (Prometheus scraping `/metrics`,
+    a debugging client) are let in as well. Kubelet probes come from the node and are not
+    subject to it in the usual network plugins.
+    """
+    port = [{"protocol": "TCP", "port": names.PORT_NAME}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner, names.inference_name(owner.name), names.INFERENCE),
+        "spec": {
+            "podSelector": {"matchLabels": names.selector_labels(owner.name, names.INFERENCE)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "podSelector": {
+                                "matchLabels": names.selector_labels(owner.name, names.GATEWAY)
+                            }
+                        }
+                    ],
+                    "ports": port,
+                },
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {names.INFERENCE_ACCESS_LABEL: "true"}},
+                        }
+                    ],
+                    "ports": port,
+                },
+            ],
+        },
+    }
+
+
 def gateway_service(owner: Owner, spec: LLMEndpointSpec) -> Manifest:
     """The Service clients connect to (type from spec.gateway.serviceType)."""
     return _service(
@@ -462,6 +504,7 @@ def build_children(
         gateway_role(owner),
         gateway_role_binding(owner),
         inference_service(owner),
+        inference_network_policy(owner),
         inference_deployment(owner, spec, replicas, settings),
         gateway_service(owner, spec),
         gateway_deployment(owner, spec, settings),

@@ -40,6 +40,9 @@ LABEL_SERVICE_NAME: Final = "kubernetes.io/service-name"
 
 INFERENCE: Final = "inference"
 GATEWAY: Final = "gateway"
+# Pods carrying this label (in any namespace) may reach inference pods directly besides the
+# endpoint's own gateway: a Prometheus that scrapes them, a debugging client.
+INFERENCE_ACCESS_LABEL: Final = "llmstream.dev/inference-access"
 
 # The operator's own defaults (here, not in runtime.py, so the umbrella CLI can build its
 # parser in the inference image, which has none of the operator's dependencies).

@@ -151,10 +151,12 @@ def children(namespace: str, name: str) -> dict[str, str]:
     """API path of every child the operator makes for endpoint `name`."""
     ns = f"namespaces/{namespace}"
     rbac = f"/apis/rbac.authorization.k8s.io/v1/{ns}"
+    networking = f"/apis/networking.k8s.io/v1/{ns}"
     return {
         "inference Deployment": f"/apis/apps/v1/{ns}/deployments/{name}-inference",
         "gateway Deployment": f"/apis/apps/v1/{ns}/deployments/{name}-gateway",
         "inference Service": f"/api/v1/{ns}/services/{name}-inference",
+        "inference NetworkPolicy": f"{networking}/networkpolicies/{name}-inference",
         "gateway Service": f"/api/v1/{ns}/services/{name}-gateway",
         "gateway ServiceAccount": f"/api/v1/{ns}/serviceaccounts/{name}-gateway",
         "gateway Role": f"{rbac}/roles/{name}-gateway",

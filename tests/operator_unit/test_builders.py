@@ -108,6 +108,7 @@ def test_children_are_every_kind_of_the_architecture() -> None:
         ("Role", "qa-gateway"),
         ("RoleBinding", "qa-gateway"),
         ("Service", "qa-inference"),
+        ("NetworkPolicy", "qa-inference"),
         ("Deployment", "qa-inference"),
         ("Service", "qa-gateway"),
         ("Deployment", "qa-gateway"),
@@ -423,3 +424,29 @@ def test_examples_build_valid_children(example: Path, version: str) -> None:
     )
     for manifest in builders.build_children(owner, spec, spec.scaling.max_replicas, SETTINGS):
         assert schema_errors(manifest, version) == [], manifest["kind"]
+
+
+def test_only_the_endpoints_gateway_and_labelled_pods_reach_its_inference_pods() -> None:
+    policy = builders.inference_network_policy(OWNER)
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == names.selector_labels("qa", names.INFERENCE)
+    assert spec["policyTypes"] == ["Ingress"]  # egress (model downloads) is not restricted
+    gateway, labelled = spec["ingress"]
+    assert gateway["from"] == [
+        {"podSelector": {"matchLabels": names.selector_labels("qa", names.GATEWAY)}}
+    ]
+    assert labelled["from"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"llmstream.dev/inference-access": "true"}},
+        }
+    ]
+    for rule in spec["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+    # The named port is the inference container's, so the policy follows it.
+    container = builders.inference_deployment(OWNER, parse_spec(SPECS["cpu tiny"]), 1, SETTINGS)[
+        "spec"
+    ]["template"]["spec"]["containers"][0]
+    assert {"name": "http", "containerPort": 8000} in [
+        {k: p[k] for k in ("name", "containerPort")} for p in container["ports"]
+    ]

@@ -38,6 +38,7 @@ SERVICE_ACCOUNTS = kmock.resource("", "v1", "serviceaccounts")
 ROLES = kmock.resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = kmock.resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 PDBS = kmock.resource("policy", "v1", "poddisruptionbudgets")
+NETWORK_POLICIES = kmock.resource("networking.k8s.io", "v1", "networkpolicies")
 SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 EVENTS = kmock.resource("", "v1", "events")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
@@ -50,6 +51,7 @@ KINDS = {
     ROLES: ("Role", set()),
     ROLE_BINDINGS: ("RoleBinding", set()),
     PDBS: ("PodDisruptionBudget", {"status"}),
+    NETWORK_POLICIES: ("NetworkPolicy", set()),
     SLICES: ("EndpointSlice", set()),
     EVENTS: ("Event", set()),
 }
