@@ -22,7 +22,14 @@ def inference(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InferenceProcess]:
     with inference_server(
-        tiny_model_dir, "--max-batch-size", "8", log_dir=tmp_path_factory.mktemp("inference")
+        # Greedy by default: a sampled answer of the random-weight model is sometimes only
+        # whitespace or EOS, and the plain-mode (wscat) test needs visible text.
+        tiny_model_dir,
+        "--max-batch-size",
+        "8",
+        "--default-temperature",
+        "0",
+        log_dir=tmp_path_factory.mktemp("inference"),
     ) as server:
         yield server
 
