@@ -156,14 +156,20 @@ def _serve(args: argparse.Namespace) -> int:
             max_new_tokens_limit=args.max_new_tokens_limit,
         ),
     )
-    server = uvicorn.Server(
+    from .shutdown import GracefulServer
+
+    app = create_app(config)
+    grace = int(args.shutdown_grace_seconds)
+    server = GracefulServer(
         uvicorn.Config(
-            create_app(config),
+            app,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
-            timeout_graceful_shutdown=int(args.shutdown_grace_seconds),
-        )
+            timeout_graceful_shutdown=grace,
+        ),
+        engine=lambda: app.state.llm.engine,
+        grace_s=grace,
     )
     server.run()
     return 0

@@ -87,3 +87,38 @@ def test_access_log_drops_only_successful_probes(path: str, status: int, kept: b
     record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, "%s %s %s %s %d",
                                ("127.0.0.1:1", "GET", path, "1.1", status), None)  # fmt: skip
     assert _quiet_probes(record) is kept
+
+
+@pytest.mark.slow
+def test_a_stream_longer_than_the_shutdown_grace_ends_with_an_error_event_not_a_cut(
+    default_model_dir: Path, tmp_path: Path
+) -> None:
+    """SmolLM2 at about 20 tokens/s cannot finish 300 tokens in a 2 s grace period: each
+    client reads an `error` event saying why, before the server exits."""
+    with inference_server(
+        default_model_dir, "--shutdown-grace-seconds", "2", log_dir=tmp_path
+    ) as srv:
+        results: list[list[dict[str, object]]] = [[], []]
+        started = [threading.Event(), threading.Event()]
+
+        def consume(i: int) -> None:
+            body = {"prompt": "Count from one to a thousand", "stream": True,
+                    "params": {"max_new_tokens": 300, "temperature": 0}}  # fmt: skip
+            with httpx.stream("POST", f"{srv.url}/v1/generate", json=body, timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        results[i].append(json.loads(line[6:]))
+                        started[i].set()
+
+        readers = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+        for reader in readers:
+            reader.start()
+        assert all(event.wait(60) for event in started)
+        srv.process.send_signal(signal.SIGTERM)
+        for reader in readers:
+            reader.join(60)
+        for events in results:
+            last = events[-1]
+            assert last["type"] == "error", last
+            assert "shutdown grace period" in str(last["message"])
+        assert srv.process.wait(30) in (0, -signal.SIGTERM)
