@@ -18,13 +18,13 @@ MAX_ID_LENGTH = 128
 # event (while a request is queued or a long prompt is prefilled), so the gateway can tell a
 # slow backend from a hung one: its read timeout (30 s by default) spans several of them.
 SSE_HEARTBEAT_S = 5.0
+SSE_HEARTBEAT = b": keepalive\n\n"
 # Largest request body / WebSocket frame either server reads (a bigger one is refused unread).
 MAX_BODY_BYTES = 1 << 20
 # A prompt longer than this many characters per token of context is refused before it is
 # tokenized: no tokenizer makes tokens that long, so it could not fit, and tokenizing a huge
 # text first would cost seconds for nothing.
 MAX_CHARS_PER_CONTEXT_TOKEN = 32
-SSE_HEARTBEAT = b": keepalive\n\n"
 
 
 # A sampling seed: torch's generators take [-2**63, 2**64).

@@ -200,15 +200,13 @@ class Activator:
 
     def _arm_placement_timer(self, now: float) -> None:
         wake_at = next_room_at(self.backends, now) if self._queue else None
-        if wake_at is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            return
-        if self._timer is not None and self._timer_at <= wake_at:
-            return  # already armed for then or sooner
         if self._timer is not None:
+            if wake_at is not None and self._timer_at <= wake_at:
+                return  # already armed for then or sooner
             self._timer.cancel()
+            self._timer = None
+        if wake_at is None:
+            return
         self._timer_at = wake_at
         self._timer = asyncio.get_running_loop().call_later(
             wake_at - now + PLACEMENT_TIMER_SLACK_S, self._on_placement_timer

@@ -15,10 +15,10 @@ from typing import Any
 from llmstream.envargs import add_env_argument
 from llmstream.wire import MAX_BODY_BYTES, SSE_HEARTBEAT_S
 
-from .config import DEFAULT_PORT
+from .config import DEFAULT_BACKEND_CONNECT_TIMEOUT_S, DEFAULT_BACKEND_READ_TIMEOUT_S, DEFAULT_PORT
 
 
-def _split_backends(text: str) -> list[str]:
+def _split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -143,14 +143,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--backend-connect-timeout",
         type=_positive_float,
-        default=5.0,
+        default=DEFAULT_BACKEND_CONNECT_TIMEOUT_S,
         help="seconds to connect to an inference backend",
     )
     add_env_argument(
         parser,
         "--backend-read-timeout",
         type=_positive_float,
-        default=6 * SSE_HEARTBEAT_S,
+        default=DEFAULT_BACKEND_READ_TIMEOUT_S,
         help="longest silence on a backend connection before it counts as hung "
         f"(the inference server sends a heartbeat every {SSE_HEARTBEAT_S:g} s)",
     )
@@ -186,8 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    backends = args.backend or _split_backends(os.environ.get("LLMSTREAM_BACKENDS", ""))
-    address_map = args.backend_address_map or _split_backends(
+    backends = args.backend or _split_list(os.environ.get("LLMSTREAM_BACKENDS", ""))
+    address_map = args.backend_address_map or _split_list(
         os.environ.get("LLMSTREAM_BACKEND_ADDRESS_MAP", "")
     )
     try:
@@ -214,7 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
             allowed_origins=tuple(
                 o.rstrip("/")
                 for o in args.allowed_origins
-                or _split_backends(os.environ.get("LLMSTREAM_ALLOWED_ORIGINS", ""))
+                or _split_list(os.environ.get("LLMSTREAM_ALLOWED_ORIGINS", ""))
             ),
             backend_read_timeout_s=args.backend_read_timeout,
             kubeconfig=args.kubeconfig,

@@ -17,6 +17,10 @@ from llmstream.addressmap import AddressMapping
 from llmstream.wire import MAX_BODY_BYTES, SSE_HEARTBEAT_S
 
 DEFAULT_PORT = 8080
+DEFAULT_BACKEND_CONNECT_TIMEOUT_S = 5.0
+# Longest silence on a backend connection: the inference server sends a heartbeat every
+# SSE_HEARTBEAT_S, so a longer gap means it hung (the stream then fails or is retried).
+DEFAULT_BACKEND_READ_TIMEOUT_S = 6 * SSE_HEARTBEAT_S
 # The annotation the operator watches to scale an endpoint up from zero replicas.
 WAKE_ANNOTATION = "llmstream.dev/wake-requested-at"
 CRD_GROUP = "llmstream.dev"
@@ -46,10 +50,8 @@ class GatewayConfig(BaseModel):
     max_frame_bytes: Annotated[int, Field(ge=1024)] = MAX_BODY_BYTES
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
     probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
-    backend_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
-    # Longest silence on a backend connection: the inference server sends a heartbeat every
-    # SSE_HEARTBEAT_S, so a longer gap means it hung (the stream then fails or is retried).
-    backend_read_timeout_s: Annotated[float, Field(gt=0)] = 6 * SSE_HEARTBEAT_S
+    backend_connect_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_BACKEND_CONNECT_TIMEOUT_S
+    backend_read_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_BACKEND_READ_TIMEOUT_S
     kubeconfig: Path | None = None  # None: the pod's service account (in-cluster)
     backend_address_map: tuple[AddressMapping, ...] = ()
     # Browser origins (scheme://host[:port]) besides the gateway's own page that may call it;

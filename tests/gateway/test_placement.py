@@ -22,6 +22,17 @@ def one_backend(capacity: int = 1) -> BackendSet:
     return backends
 
 
+def activator_on_one_backend(rate: float, capacity: int = 1) -> tuple[Activator, Backend]:
+    """An activator over one ready backend, its clock running at `rate` of the loop's."""
+    backends = one_backend(capacity)
+    activator = Activator(
+        backends, max_pending=64, cold_start_timeout_s=5.0, rng=random.Random(1),
+        clock=slow_clock(rate),
+    )  # fmt: skip
+    [backend] = list(backends)
+    return activator, backend
+
+
 def slow_clock(rate: float):  # type: ignore[no-untyped-def]
     """A clock that runs at `rate` of the loop's: every loop timer fires 'early' by this
     clock, as uvloop's millisecond timers can against `time.monotonic`."""
@@ -44,12 +55,7 @@ def test_next_room_is_the_soonest_cool_down_end_of_a_ready_backend() -> None:
 
 @pytest.mark.parametrize("rate", [1.0, 0.98, 0.5])
 async def test_a_stream_held_behind_a_cool_down_is_placed_when_it_ends(rate: float) -> None:
-    backends = one_backend()
-    activator = Activator(
-        backends, max_pending=8, cold_start_timeout_s=5.0, rng=random.Random(1),
-        clock=slow_clock(rate),
-    )  # fmt: skip
-    [backend] = list(backends)
+    activator, backend = activator_on_one_backend(rate)
     activator.cool_down(backend, 0.05)  # as after a 429
     started = time.monotonic()
     placed = await asyncio.wait_for(activator.acquire(lambda *_: hold()), timeout=3.0)
@@ -58,12 +64,7 @@ async def test_a_stream_held_behind_a_cool_down_is_placed_when_it_ends(rate: flo
 
 
 async def test_a_cool_down_that_starts_while_streams_are_held_re_arms_placement() -> None:
-    backends = one_backend(capacity=1)
-    activator = Activator(
-        backends, max_pending=8, cold_start_timeout_s=5.0, rng=random.Random(1),
-        clock=slow_clock(0.9),
-    )  # fmt: skip
-    [backend] = list(backends)
+    activator, backend = activator_on_one_backend(0.9, capacity=1)
     first = await activator.acquire(lambda *_: hold())  # takes the only slot
     waiting = asyncio.create_task(activator.acquire(lambda *_: hold()))
     await asyncio.sleep(0.01)
@@ -77,12 +78,7 @@ async def test_a_cool_down_that_starts_while_streams_are_held_re_arms_placement(
 
 async def test_rounds_of_cool_downs_never_wedge_placement() -> None:
     """Many short cool-downs in a row, each with the loop's timer a little early."""
-    backends = one_backend(capacity=2)
-    activator = Activator(
-        backends, max_pending=64, cold_start_timeout_s=5.0, rng=random.Random(2),
-        clock=slow_clock(0.95),
-    )  # fmt: skip
-    [backend] = list(backends)
+    activator, backend = activator_on_one_backend(0.95, capacity=2)
     for _ in range(200):
         activator.cool_down(backend, 0.002)
         got = await asyncio.wait_for(activator.acquire(lambda *_: hold()), timeout=2.0)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testsupport import IN_CI, poll_until
+from testsupport import IN_CI, poll_until, require_tool
 
 from tools.cluster import routes
 from tools.cluster.routes import LocalRoutes, OwnedRoute
@@ -186,9 +186,7 @@ def test_routes_of_a_keeper_killed_outright_are_removed_by_the_next(
 def test_without_the_right_to_add_routes_the_keeper_refuses_naming_why(
     can_route: None, tmp_path: Path
 ):
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+    setpriv = require_tool("setpriv", "apt-get install util-linux")
     owner = start_owner(tmp_path, setpriv, "--bounding-set=-net_admin", "--inh-caps=-net_admin")
     _, err = owner.communicate(timeout=60)
     assert owner.returncode != 0

@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,15 +297,8 @@ class LocalRoutes:
 
 def _read_line(stream: IO[str], timeout: float) -> str:
     """One line from the keeper, or '' if it says nothing within `timeout`."""
-    import selectors
-
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if selector.select(left):
-                return stream.readline().strip()
-    return ""
+    readable, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline().strip() if readable else ""
 
 
 def _last_line(path: Path) -> str:
