@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml scripts/install-venv.sh
 	@scripts/install-venv.sh $(VENV) $(PYTHON)
 	@touch $@
 
-tools: ## install the system tools the tests use (promtool, wscat, chromium, docker) when possible
-	@scripts/ensure-tools.sh promtool wscat chromium docker
+tools: ## install the system tools the tests use (promtool, wscat, chromium, docker, the real node's) when possible
+	@scripts/ensure-tools.sh promtool wscat chromium docker node
 
 model: install ## provision the embedded default model (SmolLM2-135M-Instruct) into $(LLMSTREAM_HOME)
 	@$(VENV)/bin/llmstream model pull-default
@@ -46,7 +46,8 @@ cluster-bin: install ## provision etcd, kube-apiserver/-controller-manager/-sche
 cluster-bin-for-tests: install
 	@$(PY) -m tools.cluster bin --optional
 
-cluster-up: cluster-bin ## run a local control plane (kwok GPU + CPU nodes) until Ctrl-C; prints the KUBECONFIG export
+cluster-up: cluster-bin ## run a local cluster (kwok GPU node + a real kubelet node) until Ctrl-C; prints the KUBECONFIG export
+	@scripts/ensure-tools.sh node
 	@$(PY) -m tools.cluster up
 
 test-fast: install ## unit tests only (no default model, no external tools)

@@ -1,4 +1,8 @@
-"""Shared pieces of the kind end-to-end tier: prerequisites, the cluster handle, tools."""
+"""Shared pieces of the end-to-end tier: prerequisites, the cluster handles, tools.
+
+Two providers run the same tests: kind, where kind and its node image are present, and
+otherwise the local tier with its real kubelet node (`tools.cluster`, docs/testing.md).
+"""
 
 from __future__ import annotations
 
@@ -54,12 +58,16 @@ def tools() -> kubetools.KubeTools:
 
 
 @dataclass
-class Kind:
-    """A running kind cluster and the tools pointed at it."""
+class Cluster:
+    """A running cluster and the tools pointed at it (what every e2e test uses)."""
 
     name: str
     kubeconfig: Path
-    kind: str
+
+    @property
+    def provider(self) -> str:
+        """Which provider runs it, for messages."""
+        return "cluster"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -81,3 +89,31 @@ class Kind:
 
     def helm(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return self.run(str(tools().helm), *args, timeout=timeout)
+
+
+@dataclass
+class Kind(Cluster):
+    """A kind cluster."""
+
+    kind: str
+
+    @property
+    def provider(self) -> str:
+        return "kind"
+
+    def load(self, refs: list[str]) -> None:
+        """Copy images from the Docker engine into every kind node."""
+        for ref in refs:
+            self.run(self.kind, "load", "docker-image", ref, "--name", self.name)
+
+
+@dataclass
+class LocalTier(Cluster):
+    """The local control plane with its real node (images were loaded when it started)."""
+
+    @property
+    def provider(self) -> str:
+        return "local tier (real kubelet node)"
+
+    def load(self, refs: list[str]) -> None:
+        """Nothing to do: the node keeper imported `refs` into its containerd at start."""

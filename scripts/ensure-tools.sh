@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the system tools some tests use available, when this machine allows it.
-#   ensure-tools.sh promtool wscat chromium docker
+#   ensure-tools.sh promtool wscat chromium docker node
 # As root with apt-get / npm present, a missing tool is installed. Otherwise the script names
 # what to install and returns 0: the tests that need the tool skip with the same message
 # (and fail under CI=true, where a skipped tier is not acceptable).
@@ -27,6 +27,13 @@ apt_install() {
 
 for tool in "$@"; do
   case "$tool" in
+    node)
+      # The real node of the cluster tier: its own containerd (never dockerd's), runc, the CNI
+      # plugins, iptables for kube-proxy and portmap, gcc for the pause binary.
+      { command -v containerd >/dev/null && command -v runc >/dev/null \
+          && command -v iptables >/dev/null && command -v gcc >/dev/null \
+          && [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/portmap ]]; } \
+        || apt_install "the real node" containerd runc containernetworking-plugins iptables gcc libc6-dev ;;
     promtool)
       command -v promtool >/dev/null || apt_install promtool prometheus ;;
     chromium)

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tools.cluster import binaries, gobuild, kubetools
+from tools.cluster import binaries, gobuild, gomod, kubetools
 
-FIVE = binaries.CONTROL_PLANE
+ALL = binaries.BUILT
+
+
+def cached(home: Path, name: str) -> Path:
+    return binaries.cache_dir_of(name, home) / "bin" / name
 
 
 def executable(path: Path, output: str = "") -> Path:
@@ -27,8 +31,8 @@ def test_prebuilt_assets_win_over_the_cache_and_the_cache_fills_the_gaps(
     assets = tmp_path / "assets"
     executable(assets / "etcd")
     executable(assets / "kube-apiserver")
-    for name in FIVE:
-        executable(binaries.cache_dir(tmp_path / "home") / "bin" / name)
+    for name in ALL:
+        executable(cached(tmp_path / "home", name))
     monkeypatch.setenv(binaries.ASSETS_ENV, str(assets))
     found, missing = binaries.locate(tmp_path / "home")
     assert missing == []
@@ -38,12 +42,17 @@ def test_prebuilt_assets_win_over_the_cache_and_the_cache_fills_the_gaps(
         "kube-controller-manager": "cache",
         "kube-scheduler": "cache",
         "kwok": "cache",
+        "kubelet": "cache",
+        "kube-proxy": "cache",
+        "coredns": "cache",
     }
 
 
 def test_the_cache_folder_is_keyed_by_every_pinned_version(tmp_path: Path) -> None:
     name = binaries.cache_dir(tmp_path).name
     assert name == "k8s-v1.35.8_etcd-v3.6.5_kwok-v0.8.0"
+    assert binaries.cache_dir_of("kubelet", tmp_path).name == name  # built with the plane
+    assert binaries.cache_dir_of("coredns", tmp_path).name == "coredns-v1.14.7"
 
 
 def test_without_go_or_binaries_the_error_names_each_missing_binary_and_go(
@@ -54,7 +63,7 @@ def test_without_go_or_binaries_the_error_names_each_missing_binary_and_go(
     with pytest.raises(binaries.BinariesUnavailableError) as caught:
         binaries.provision(tmp_path / "home")
     message = str(caught.value)
-    assert "missing control-plane binaries: " + ", ".join(FIVE) in message
+    assert "missing control-plane binaries: " + ", ".join(ALL) in message
     assert "`go` is not on PATH" in message
     assert "KUBEBUILDER_ASSETS (unset)" in message
 
@@ -63,8 +72,9 @@ def test_lookup_without_building_points_at_make_cluster_bin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(binaries.ASSETS_ENV, raising=False)
-    for name in FIVE[:-1]:
-        executable(binaries.cache_dir(tmp_path) / "bin" / name)
+    for name in ALL:
+        if name != "kwok":
+            executable(cached(tmp_path, name))
     with pytest.raises(binaries.BinariesUnavailableError, match=r"binaries: kwok .*cluster-bin"):
         binaries.provision(tmp_path, build=False)
 
@@ -135,3 +145,33 @@ def test_the_go_build_cache_goes_once_the_binaries_are_built_and_the_sources_sta
     assert "removed the Go build cache" in lines[0]
     gobuild.drop_build_cache(toolchain, lines.append)  # nothing left to remove: no output
     assert len(lines) == 1
+
+
+def test_several_binaries_of_one_module_come_from_one_go_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake `go` records its calls and writes what `-o DIR/` would: one call, two binaries."""
+    calls = tmp_path / "calls"
+    go = tmp_path / "go"
+    go.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {calls}\n'
+        'for arg; do case "$prev" in -o) out="$arg";; esac; prev="$arg"; done\n'
+        "for pkg; do :; done\n"
+        "for name in kubelet kube-proxy; do\n"
+        '  printf "#!/bin/sh\\necho $name\\n" > "$out$name"\n'
+        "done\n"
+    )
+    go.chmod(0o755)
+    toolchain = gobuild.GoToolchain(go=go, home=tmp_path)
+    wanted = [
+        gomod.Binary("kubelet", "k8s.io/kubernetes/cmd/kubelet", ("-X a=b",)),
+        gomod.Binary("kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", ("-X a=b",)),
+    ]
+    bin_dir = tmp_path / "bin"
+    gobuild.build_binaries(toolchain, tmp_path, wanted, bin_dir, lambda _line: None)
+    (call,) = calls.read_text().splitlines()
+    assert call.endswith("k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy")
+    assert "-X a=b" in call
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["kube-proxy", "kubelet"]
+    assert (bin_dir / "kubelet").stat().st_mode & 0o111

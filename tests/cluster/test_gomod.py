@@ -56,12 +56,14 @@ def test_kubernetes_wrapper_keeps_the_upstream_go_and_godebug_lines() -> None:
     assert "\ngodebug default=go1.25\n" in text
 
 
-def test_kubernetes_wrapper_lists_the_three_commands_as_tools() -> None:
+def test_kubernetes_wrapper_lists_the_control_plane_and_node_commands_as_tools() -> None:
     module = gomod.kubernetes_module(UPSTREAM, "2026-01-01T00:00:00Z")
     assert [b.name for b in module.binaries] == [
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
     ]
     text = module.go_mod()
     for binary in module.binaries:
@@ -94,3 +96,6 @@ def test_etcd_and_kwok_wrappers_stamp_their_pinned_versions() -> None:
     assert f"require sigs.k8s.io/kwok {versions.KWOK}" in kwok.go_mod()
     assert f"-X sigs.k8s.io/kwok/pkg/consts.Version={versions.KWOK}" in kwok.binaries[0].ldflags
     assert "replace" not in etcd.go_mod() + kwok.go_mod()
+    coredns = gomod.coredns_module()
+    assert f"require github.com/coredns/coredns {versions.COREDNS}" in coredns.go_mod()
+    assert [b.name for b in coredns.binaries] == ["coredns"]

@@ -41,8 +41,10 @@ def cmd_bin(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start the control plane with its fake nodes and keep it up until Ctrl-C."""
+    """Start the control plane with the kwok GPU node and the real node (or, where this host
+    cannot run one, the kwok CPU node) and keep it up until Ctrl-C."""
     from tools.cluster.controlplane import ControlPlane
+    from tools.cluster.node.owner import missing_requirements
 
     try:
         found = binaries.provision(build=True, log=_log)
@@ -53,8 +55,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     ) as exc:
         print(f"cluster-up: {exc}", file=sys.stderr)
         return 1
+    real_node = not args.kwok_only
+    missing = missing_requirements() if real_node else []
+    if missing:
+        print(f"cluster-up: no real node on this host, kwok nodes only: needs {'; '.join(missing)}")
+        real_node = False
+    images = args.image or (_project_images() if real_node else [])
     started = time.monotonic()
-    with ControlPlane(found, workdir=args.workdir) as plane:
+    with ControlPlane(
+        found, workdir=args.workdir, real_node=real_node, docker_images=images, log=_log
+    ) as plane:
         # Everything after start-up sits inside the try: a Ctrl-C that arrives as soon as the
         # KUBECONFIG line is out must still end in an orderly stop and exit status 0.
         try:
@@ -66,6 +76,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"host routes while it runs: {plane.routes.describe()} — pod and Service "
                 "addresses fail fast here instead of leaving the machine"
             )
+            if plane.node is not None:
+                print(
+                    f"real node {node_names()} in network namespace {plane.node.netns}; images "
+                    f"loaded into its containerd: {', '.join(images) or 'none (make images)'}"
+                )
             print(f"export KUBECONFIG={plane.kubeconfig}")
             print(
                 f"export PATH={found.kubectl.parent}:$PATH   # kubectl {versions.KUBECTL_VERSION},"
@@ -76,6 +91,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("\nstopping", flush=True)
     return 0
+
+
+def node_names() -> str:
+    """The real node's name (for the start-up banner)."""
+    from tools.cluster.node import config
+
+    return config.NODE_NAME
+
+
+def _project_images() -> list[str]:
+    """The project's images that the local Docker engine has (built by `make images`)."""
+    from tools.images import engine, plan
+
+    try:
+        docker = engine.find_docker()
+    except engine.EngineUnavailableError:
+        return []
+    tag = os.environ.get("IMAGE_TAG") or plan.BuildOptions().tag
+    refs = [plan.image_spec(name).ref(tag) for name in plan.IMAGES]
+    return [ref for ref in refs if engine.image_exists(docker, ref)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     bin_parser.set_defaults(handler=cmd_bin)
     up_parser = commands.add_parser("up", help="run a control plane until Ctrl-C")
     up_parser.add_argument("--workdir", default=None, help="folder for state (default: temp)")
+    up_parser.add_argument(
+        "--kwok-only", action="store_true", help="no real node: kwok GPU and CPU nodes only"
+    )
+    up_parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        help="a Docker image to load into the real node (default: the project's, if built)",
+    )
     up_parser.set_defaults(handler=cmd_up)
     return parser
 

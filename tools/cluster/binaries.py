@@ -22,6 +22,8 @@ from tools.cluster import gobuild, gomod, kubetools, versions
 
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+NODE = ("kubelet", "kube-proxy", "coredns")
+BUILT = (*CONTROL_PLANE, *NODE)
 _KUBE_VERSION = re.compile(r"Kubernetes (v\d+\.\d+\.\d+\S*)")
 
 
@@ -38,6 +40,9 @@ class ClusterBinaries:
     kube_controller_manager: Path
     kube_scheduler: Path
     kwok: Path
+    kubelet: Path
+    kube_proxy: Path
+    coredns: Path
     kubectl: Path
     helm: Path
     kubernetes_version: str
@@ -45,7 +50,7 @@ class ClusterBinaries:
 
     def describe(self) -> str:
         """One line per binary: name, path and where it came from."""
-        names = (*CONTROL_PLANE, "kubectl", "helm")
+        names = (*BUILT, "kubectl", "helm")
         return "\n".join(
             f"  {name:24} {getattr(self, name.replace('-', '_'))}  ({self.sources[name]})"
             for name in names
@@ -53,23 +58,29 @@ class ClusterBinaries:
 
 
 def cache_dir(home: Path | None = None) -> Path:
-    """The versioned cache folder of the pinned control-plane binaries."""
+    """The versioned cache folder of the pinned Kubernetes, etcd and kwok binaries."""
     return (home or llmstream_home()) / "cluster-bin" / versions.cache_key()
+
+
+def cache_dir_of(name: str, home: Path | None = None) -> Path:
+    """The versioned cache folder one binary lives in (CoreDNS has a pin of its own)."""
+    if name == "coredns":
+        return (home or llmstream_home()) / "cluster-bin" / versions.node_cache_key()
+    return cache_dir(home)
 
 
 def locate(home: Path | None = None) -> tuple[dict[str, tuple[Path, str]], list[str]]:
     """Binaries found without building: name -> (path, source), and the names not found."""
     found: dict[str, tuple[Path, str]] = {}
     assets = os.environ.get(ASSETS_ENV)
-    cached = cache_dir(home) / "bin"
-    for name in CONTROL_PLANE:
+    for name in BUILT:
         candidates = [(Path(assets) / name, ASSETS_ENV)] if assets else []
-        candidates.append((cached / name, "cache"))
+        candidates.append((cache_dir_of(name, home) / "bin" / name, "cache"))
         for path, source in candidates:
             if path.is_file() and os.access(path, os.X_OK):
                 found[name] = (path, source)
                 break
-    return found, [name for name in CONTROL_PLANE if name not in found]
+    return found, [name for name in BUILT if name not in found]
 
 
 def version_output(path: Path) -> str:
@@ -119,12 +130,9 @@ def build_missing(missing: list[str], home: Path, log: gobuild.Log) -> dict[str,
             f"{cache_dir(home) / 'bin'}, and they cannot be built: {why}"
         )
     toolchain = gobuild.GoToolchain(go=go, home=home)
-    root = cache_dir(home)
-    bin_dir = root / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
     build_date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    modules = [gomod.etcd_module(), gomod.kwok_module()]
-    if {"kube-apiserver", "kube-controller-manager", "kube-scheduler"} & set(missing):
+    modules = [gomod.etcd_module(), gomod.kwok_module(), gomod.coredns_module()]
+    if set(gomod.KUBERNETES_COMMANDS) & set(missing):
         log(f">> fetching {gomod.KUBERNETES_MODULE}@{versions.KUBERNETES}")
         upstream = gobuild.upstream_go_mod(
             toolchain, gomod.KUBERNETES_MODULE, versions.KUBERNETES, log
@@ -135,11 +143,13 @@ def build_missing(missing: list[str], home: Path, log: gobuild.Log) -> dict[str,
         wanted = [binary for binary in module.binaries if binary.name in missing]
         if not wanted:
             continue
-        gobuild.prepare(toolchain, module, root / "src" / module.name, log)
+        root = cache_dir_of(wanted[0].name, home)
+        bin_dir = root / "bin"
+        src = root / "src" / module.name
+        gobuild.prepare(toolchain, module, src, log)
+        seconds = gobuild.build_binaries(toolchain, src, wanted, bin_dir, log)
         for binary in wanted:
-            timings[binary.name] = gobuild.build_binary(
-                toolchain, root / "src" / module.name, binary, bin_dir / binary.name, log
-            )
+            timings[binary.name] = seconds
             log(f"   {version_output(bin_dir / binary.name).splitlines()[0]}")
     gobuild.drop_build_cache(toolchain, log)
     return timings
@@ -152,7 +162,7 @@ def provision(
     home = home or llmstream_home()
     found, missing = locate(home)
     if missing and build:
-        with _locked(cache_dir(home)):
+        with _locked(cache_dir(home).parent):
             found, missing = locate(home)  # another process may have built them meanwhile
             if missing:
                 build_missing(missing, home, log)
@@ -177,6 +187,9 @@ def provision(
         kube_controller_manager=found["kube-controller-manager"][0],
         kube_scheduler=found["kube-scheduler"][0],
         kwok=found["kwok"][0],
+        kubelet=found["kubelet"][0],
+        kube_proxy=found["kube-proxy"][0],
+        coredns=found["coredns"][0],
         kubectl=tools.kubectl,
         helm=tools.helm,
         kubernetes_version=kube_version,

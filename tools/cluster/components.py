@@ -1,4 +1,8 @@
-"""Pure command lines of the five control-plane processes, from ports and a folder layout."""
+"""Pure command lines of the five control-plane processes, from ports and a folder layout.
+
+The API server listens on loopback, or, with a real node, on the host end of the node's link
+(`node.config.HOST_ADDRESS`), so pods reach it through the `kubernetes` Service.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from tools.cluster.binaries import ClusterBinaries
 LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
+# kwok gives its fake pods addresses from the lower half; the real node's range and link sit
+# in the upper half (tools.cluster.node.config).
+KWOK_POD_CIDR = "10.244.0.1/17"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -62,6 +69,15 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class KubeletClient:
+    """How the API server reaches a real node's kubelet (logs, exec, port-forward)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
 class Component:
     """A process to start: its name, argv, and the URL that answers `ok` once it is healthy."""
 
@@ -89,20 +105,37 @@ def etcd(binaries: ClusterBinaries, layout: Layout, ports: Ports) -> Component:
     return Component("etcd", argv, f"{client}/health")
 
 
-def apiserver(binaries: ClusterBinaries, layout: Layout, ports: Ports) -> Component:
-    """kube-apiserver with static-token authentication and RBAC authorization."""
+def apiserver(
+    binaries: ClusterBinaries,
+    layout: Layout,
+    ports: Ports,
+    *,
+    address: str = LOOPBACK,
+    kubelet: KubeletClient | None = None,
+) -> Component:
+    """kube-apiserver with static-token authentication and RBAC authorization (plus the Node
+    authorizer and the kubelet client pair when a real node joins)."""
     pki = layout.pki
+    node_flags: tuple[str, ...] = ()
+    if kubelet is not None:
+        node_flags = (
+            f"--kubelet-client-certificate={kubelet.cert}",
+            f"--kubelet-client-key={kubelet.key}",
+            f"--kubelet-certificate-authority={kubelet.ca}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--enable-admission-plugins=NodeRestriction",
+        )
     argv = (
         str(binaries.kube_apiserver),
         f"--etcd-servers=http://{LOOPBACK}:{ports.etcd_client}",
-        f"--bind-address={LOOPBACK}",
-        f"--advertise-address={LOOPBACK}",
+        f"--bind-address={address}",
+        f"--advertise-address={address}",
         f"--secure-port={ports.apiserver}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
         f"--token-auth-file={layout.tokens}",
-        "--authorization-mode=RBAC",
+        "--authorization-mode=" + ("Node,RBAC" if kubelet else "RBAC"),
         f"--service-account-issuer={SA_ISSUER}",
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -110,8 +143,9 @@ def apiserver(binaries: ClusterBinaries, layout: Layout, ports: Ports) -> Compon
         "--allow-privileged=true",
         "--profiling=false",
         f"--cert-dir={pki}",
+        *node_flags,
     )
-    return Component("kube-apiserver", argv, f"https://{LOOPBACK}:{ports.apiserver}/readyz")
+    return Component("kube-apiserver", argv, f"https://{address}:{ports.apiserver}/readyz")
 
 
 def controller_manager(binaries: ClusterBinaries, layout: Layout, ports: Ports) -> Component:
@@ -160,7 +194,7 @@ def kwok(binaries: ClusterBinaries, layout: Layout, ports: Ports) -> Component:
         f"--config={layout.kwok_config}",
         "--manage-all-nodes=false",
         "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        f"--cidr={POD_CIDR}",
+        f"--cidr={KWOK_POD_CIDR}",
         f"--server-address={address}",
         f"--node-port={ports.kwok}",
         "--node-lease-duration-seconds=40",
@@ -168,9 +202,19 @@ def kwok(binaries: ClusterBinaries, layout: Layout, ports: Ports) -> Component:
     return Component("kwok", argv, f"http://{address}/healthz")
 
 
-def all_components(binaries: ClusterBinaries, layout: Layout, ports: Ports) -> list[Component]:
+def all_components(
+    binaries: ClusterBinaries,
+    layout: Layout,
+    ports: Ports,
+    *,
+    address: str = LOOPBACK,
+    kubelet: KubeletClient | None = None,
+) -> list[Component]:
     """In start order; teardown goes in reverse."""
     return [
-        build(binaries, layout, ports)
-        for build in (etcd, apiserver, controller_manager, scheduler, kwok)
+        etcd(binaries, layout, ports),
+        apiserver(binaries, layout, ports, address=address, kubelet=kubelet),
+        controller_manager(binaries, layout, ports),
+        scheduler(binaries, layout, ports),
+        kwok(binaries, layout, ports),
     ]

@@ -10,6 +10,10 @@ host where that cannot be done (not root) refuses to start, naming why. Start-up
 every component is healthy, the kwok nodes are Ready with no `node.kubernetes.io/*` taints, and
 the `default` ServiceAccount exists, so pods can be created and scheduled at once. `stop()` (or
 leaving the `with`) ends every process, removes the routes and the folder it created.
+
+With `real_node=True` a real kubelet node (containerd, kube-proxy, CoreDNS; `tools.cluster.node`)
+joins beside the kwok GPU node, in place of the kwok CPU node, and the API server listens on
+the host end of that node's link instead of loopback.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import yaml
 
 from tools.cluster import components, manifests, pki, routes
 from tools.cluster.binaries import ClusterBinaries
+from tools.cluster.node import config as node_config
+from tools.cluster.node.owner import RealNode
 from tools.cluster.processes import ProcessDiedError, Supervisor, log_tail
 
 KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")
@@ -75,19 +81,37 @@ class ControlPlane:
         nodes: Iterable[dict[str, Any]] | None = None,
         start_timeout: float = START_TIMEOUT_S,
         log: Callable[[str], None] | None = None,
+        real_node: bool = False,
+        docker_images: Iterable[str] = (),
     ) -> None:
         self.binaries = binaries
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="llmstream-cp-"))
         self.layout = components.Layout(self.workdir)
-        self.nodes = list(nodes) if nodes is not None else manifests.default_nodes()
+        default_nodes = manifests.default_nodes()
+        if real_node:  # the real node takes the kwok CPU node's place
+            default_nodes = [
+                n for n in default_nodes if n["metadata"]["name"] == manifests.GPU_NODE
+            ]
+        self.nodes = list(nodes) if nodes is not None else default_nodes
         self.start_timeout = start_timeout
         self._log = log or (lambda _line: None)
         self.supervisor = Supervisor(self.layout.logs)
         self.admin = manifests.User("admin", pki.random_token(), ("system:masters",))
         ports = free_ports(6)
         self.ports = components.Ports(*ports)
-        self.server = f"https://{components.LOOPBACK}:{self.ports.apiserver}"
+        self.address = node_config.HOST_ADDRESS if real_node else components.LOOPBACK
+        self.server = f"https://{self.address}:{self.ports.apiserver}"
+        self.node: RealNode | None = None
+        if real_node:
+            self.node = RealNode(
+                binaries,
+                self.workdir / "node",
+                service_cidr=components.SERVICE_CIDR,
+                cluster_cidr=components.POD_CIDR,
+                docker_images=tuple(docker_images),
+                log=self._log,
+            )
         self.startup_seconds: dict[str, float] = {}
         self.routes = routes.LocalRoutes(
             routes.cluster_networks(
@@ -164,6 +188,8 @@ class ControlPlane:
     def stop(self) -> None:
         """End every process (newest first), remove the routes, and remove the folder if this
         object made it."""
+        if self.node is not None:
+            self.node.stop()
         self.supervisor.stop()
         self.routes.stop()
         if self._own_workdir:
@@ -195,8 +221,13 @@ class ControlPlane:
                 }
             )
         )
-        self._write_files()
-        plane = components.all_components(self.binaries, self.layout, self.ports)
+        kubelet = self._write_files()
+        if self.node is not None:
+            self.node.start()
+            self.startup_seconds["node-network"] = time.monotonic() - begun
+        plane = components.all_components(
+            self.binaries, self.layout, self.ports, address=self.address, kubelet=kubelet
+        )
         by_name = {component.name: component for component in plane}
         with httpx.Client(verify=self._insecure_context(), timeout=5.0) as probe:
             for first in ("etcd", "kube-apiserver"):
@@ -213,12 +244,19 @@ class ControlPlane:
             self._create_nodes(client)
             self._wait_nodes_ready(client, deadline)
             self.startup_seconds["nodes-ready"] = time.monotonic() - begun
+            if self.node is not None:
+                self.node.wait_ready()
+                self.startup_seconds["node-processes"] = time.monotonic() - begun
+                self._wait_real_node_ready(client, time.monotonic() + self.start_timeout)
+                self.startup_seconds["real-node-ready"] = time.monotonic() - begun
             self._wait_default_service_account(client, deadline)
         self.startup_seconds["total"] = time.monotonic() - begun
         (self.workdir / "pids.json").write_text(json.dumps(self.pids))
 
-    def _write_files(self) -> None:
-        keys = pki.generate(self.layout.pki)
+    def _write_files(self) -> components.KubeletClient | None:
+        """Keys, tokens and kubeconfigs (and the real node's files); the API server's kubelet
+        client pair when there is a real node."""
+        keys = pki.generate(self.layout.pki, ip_addresses=(components.LOOPBACK, self.address))
         users = [
             self.admin,
             manifests.User("system:kube-controller-manager", pki.random_token()),
@@ -236,6 +274,20 @@ class ControlPlane:
             path.write_text(yaml.safe_dump(manifests.kubeconfig(self.server, ca_pem, user)))
             path.chmod(0o600)
         shutil.copyfile(KWOK_STAGES, self.layout.kwok_config)
+        if self.node is None:
+            return None
+        certs = pki.node_certificates(
+            keys, self.layout.pki / "node", node_config.NODE_NAME, node_config.NODE_ADDRESS
+        )
+        # system:kube-proxy is bound to system:node-proxier by the bootstrap policy.
+        kube_proxy = manifests.User("system:kube-proxy", pki.random_token())
+        coredns = manifests.User("llmstream:coredns", pki.random_token(), ("system:masters",))
+        with self.layout.tokens.open("a") as tokens:
+            tokens.write(manifests.token_file([kube_proxy, coredns]))
+        self.node.write_files(self.server, keys, certs, kube_proxy, coredns)
+        return components.KubeletClient(
+            certs.apiserver_kubelet_client_cert, certs.apiserver_kubelet_client_key, keys.ca_cert
+        )
 
     def _launch(self, component: components.Component) -> None:
         pid = self.supervisor.start(component.name, component.argv, cwd=self.workdir)
@@ -298,6 +350,29 @@ class ControlPlane:
             f"kwok nodes not Ready (or still tainted not-ready) within "
             f"{self.start_timeout:.0f}s: {', '.join(pending)}; kwok log:\n"
             f"{log_tail(self.supervisor.log_path('kwok'))}"
+        )
+
+    def _wait_real_node_ready(self, client: httpx.Client, deadline: float) -> None:
+        path = f"/api/v1/nodes/{node_config.NODE_NAME}"
+        last = "not registered yet"
+        while time.monotonic() < deadline:
+            self.supervisor.check()
+            response = client.get(path)
+            if response.status_code == 200:
+                node = response.json()
+                if _schedulable(node):
+                    return
+                conditions = node.get("status", {}).get("conditions") or []
+                last = "; ".join(
+                    f"{c.get('type')}={c.get('status')} ({c.get('message', '')})"
+                    for c in conditions
+                )
+            time.sleep(POLL_S)
+        assert self.node is not None
+        raise StartupError(
+            f"the real node {node_config.NODE_NAME} is not Ready within "
+            f"{self.start_timeout:.0f}s: {last}; kubelet log:\n"
+            + log_tail(self.node.layout.logs / "kubelet.log")
         )
 
     def _wait_default_service_account(self, client: httpx.Client, deadline: float) -> None:

@@ -155,26 +155,41 @@ def prepare(toolchain: GoToolchain, module: gomod.WrapperModule, src: Path, log:
     stamp.write_text(wanted)
 
 
-def build_binary(
-    toolchain: GoToolchain, src: Path, binary: gomod.Binary, dest: Path, log: Log
+def build_binaries(
+    toolchain: GoToolchain,
+    src: Path,
+    binaries: Sequence[gomod.Binary],
+    bin_dir: Path,
+    log: Log,
 ) -> float:
-    """Compile one binary into `dest` (atomically); return the seconds it took."""
+    """Compile several binaries of one module in one `go build` (shared packages compile once).
+
+    They land in `bin_dir` only once all built, each renamed into place atomically. All of
+    them take the linker flags of the first (one module stamps one version).
+    """
     started = time.monotonic()
-    tmp = dest.with_name(f".{dest.name}.partial")
-    ldflags = " ".join(("-s", "-w", *binary.ldflags))
-    log(f">> building {binary.name} from {binary.package}")
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    scratch = bin_dir / ".partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    ldflags = " ".join(("-s", "-w", *binaries[0].ldflags))
+    names = ", ".join(binary.name for binary in binaries)
+    log(f">> building {names} ({len(binaries)} in one go build)")
     command = [str(toolchain.go), "build", "-v", "-trimpath", "-ldflags", ldflags]
-    _run(
-        [*command, "-o", str(tmp), binary.package],
-        cwd=src,
-        env=toolchain.env(),
-        label=binary.name,
-        log=log,
-    )
-    tmp.chmod(0o755)
-    tmp.replace(dest)
+    if len(binaries) == 1:
+        outputs = [scratch / binaries[0].name]
+        command += ["-o", str(outputs[0]), binaries[0].package]
+    else:
+        # `-o DIR/` names each binary after its package's last path element.
+        outputs = [scratch / binary.package.rsplit("/", 1)[-1] for binary in binaries]
+        command += ["-o", f"{scratch}/", *(binary.package for binary in binaries)]
+    _run(command, cwd=src, env=toolchain.env(), label=names, log=log)
+    for binary, output in zip(binaries, outputs, strict=True):
+        output.chmod(0o755)
+        output.replace(bin_dir / binary.name)
+    shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.monotonic() - started
-    log(f"   {binary.name} built in {seconds:.0f}s")
+    log(f"   {names} built in {seconds:.0f}s")
     return seconds
 
 

@@ -17,6 +17,15 @@ from tools.cluster import versions
 KUBERNETES_MODULE = "k8s.io/kubernetes"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 KWOK_MODULE = "sigs.k8s.io/kwok"
+COREDNS_MODULE = "github.com/coredns/coredns"
+# Built together in one `go build`, so the packages they share compile once.
+KUBERNETES_COMMANDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+)
 
 _REQUIRE_LINE = re.compile(r"^\s*(?:require\s+)?(k8s\.io/[\w.\-/]+)\s+v0\.0\.0(?:\s|$)")
 _GO_LINE = re.compile(r"^go\s+(\d+\.\d+(?:\.\d+)?)\s*$", re.MULTILINE)
@@ -117,7 +126,7 @@ def kubernetes_ldflags(version: str, build_date: str) -> tuple[str, ...]:
 
 
 def kubernetes_module(upstream_go_mod: str, build_date: str) -> WrapperModule:
-    """The wrapper that builds kube-apiserver, kube-controller-manager and kube-scheduler."""
+    """The wrapper that builds the control plane's commands plus kubelet and kube-proxy."""
     flags = kubernetes_ldflags(versions.KUBERNETES, build_date)
     published = staging_version(versions.KUBERNETES)
     return WrapperModule(
@@ -125,8 +134,7 @@ def kubernetes_module(upstream_go_mod: str, build_date: str) -> WrapperModule:
         upstream=KUBERNETES_MODULE,
         version=versions.KUBERNETES,
         binaries=tuple(
-            Binary(name, f"{KUBERNETES_MODULE}/cmd/{name}", flags)
-            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+            Binary(name, f"{KUBERNETES_MODULE}/cmd/{name}", flags) for name in KUBERNETES_COMMANDS
         ),
         replaces=tuple((module, published) for module in staging_modules(upstream_go_mod)),
         go_version=go_directive(upstream_go_mod) or "1.26.0",
@@ -153,4 +161,15 @@ def kwok_module() -> WrapperModule:
         upstream=KWOK_MODULE,
         version=versions.KWOK,
         binaries=(Binary("kwok", f"{KWOK_MODULE}/cmd/kwok", flags),),
+    )
+
+
+def coredns_module() -> WrapperModule:
+    """The wrapper that builds CoreDNS (its default plugin set includes `kubernetes`)."""
+    flags = (f"-X github.com/coredns/coredns/coremain.GitCommit={versions.COREDNS}",)
+    return WrapperModule(
+        name="coredns",
+        upstream=COREDNS_MODULE,
+        version=versions.COREDNS,
+        binaries=(Binary("coredns", COREDNS_MODULE, flags),),
     )

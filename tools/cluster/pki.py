@@ -2,7 +2,10 @@
 
 One CA signs the API server's serving certificate (valid for the loopback address and the
 in-cluster names); a separate RSA key signs ServiceAccount tokens. Clients authenticate with
-static bearer tokens (see `controlplane`), so no client certificates are needed.
+static bearer tokens (see `controlplane`). A real node adds certificates from the same CA
+(`node_certificates`): the kubelet's client certificate (`system:node:<name>` in
+`system:nodes`, as the Node authorizer expects), its serving certificate for the node address,
+and the API server's client certificate for calls to the kubelet (logs, port-forward).
 """
 
 from __future__ import annotations
@@ -37,10 +40,26 @@ class Pki:
     serving_key: Path
     sa_key: Path
     sa_pub: Path
+    ca_key: Path
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+@dataclass(frozen=True)
+class NodeCertificates:
+    """PEM files of a real node: kubelet client and serving pairs, the API server's client
+    pair for the kubelet."""
+
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
+    kubelet_serving_cert: Path
+    kubelet_serving_key: Path
+    apiserver_kubelet_client_cert: Path
+    apiserver_kubelet_client_key: Path
+
+
+def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
@@ -120,4 +139,65 @@ def generate(folder: Path, ip_addresses: tuple[str, ...] = ("127.0.0.1",)) -> Pk
         serving_key=_write(folder / "apiserver.key", _key_pem(serving_key)),
         sa_key=_write(folder / "sa.key", _key_pem(sa_key)),
         sa_pub=_write(folder / "sa.pub", sa_pub),
+        ca_key=_write(folder / "ca.key", _key_pem(ca_key)),
+    )
+
+
+def _leaf(
+    ca: Pki,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    names: list[x509.GeneralName] | None = None,
+) -> tuple[bytes, bytes]:
+    """A certificate signed by the tier's CA for a fresh key: (cert PEM, key PEM)."""
+    ca_cert = x509.load_pem_x509_certificate(ca.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def node_certificates(ca: Pki, folder: Path, node_name: str, node_ip: str) -> NodeCertificates:
+    """Write the certificates a real node needs, all signed by the tier's CA."""
+    folder.mkdir(parents=True, exist_ok=True)
+    client = ExtendedKeyUsageOID.CLIENT_AUTH
+    serving = ExtendedKeyUsageOID.SERVER_AUTH
+    pairs = {
+        "kubelet-client": _leaf(ca, _name(f"system:node:{node_name}", ("system:nodes",)), client),
+        "kubelet-serving": _leaf(
+            ca,
+            _name(f"system:node:{node_name}", ("system:nodes",)),
+            serving,
+            [x509.DNSName(node_name), x509.IPAddress(ipaddress.ip_address(node_ip))],
+        ),
+        # system:masters may proxy to nodes (logs, exec, port-forward) under any authorizer.
+        "apiserver-kubelet-client": _leaf(
+            ca, _name("kube-apiserver-kubelet-client", ("system:masters",)), client
+        ),
+    }
+    paths = {}
+    for stem, (cert, key) in pairs.items():
+        paths[stem] = (_write(folder / f"{stem}.crt", cert), _write(folder / f"{stem}.key", key))
+    return NodeCertificates(
+        kubelet_client_cert=paths["kubelet-client"][0],
+        kubelet_client_key=paths["kubelet-client"][1],
+        kubelet_serving_cert=paths["kubelet-serving"][0],
+        kubelet_serving_key=paths["kubelet-serving"][1],
+        apiserver_kubelet_client_cert=paths["apiserver-kubelet-client"][0],
+        apiserver_kubelet_client_key=paths["apiserver-kubelet-client"][1],
     )
