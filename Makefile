@@ -89,5 +89,5 @@ chart-sync: ## copy crds/ and operator/rbac/clusterrole.yaml into charts/llmstre
 	@cp crds/*.yaml charts/llmstream/crds/
 	@cp operator/rbac/clusterrole.yaml charts/llmstream/files/operator-clusterrole.yaml
 
-e2e: install tools ## kind end-to-end tests: fails (never skips) without Docker, kind or the kind node image
+e2e: install tools cluster-bin ## end-to-end tests on kind, or else the local tier's real node (says which); fails, never skips, when neither can run
 	@LLMSTREAM_E2E_REQUIRED=1 $(VENV)/bin/pytest -m e2e e2e $(PYTEST_ARGS)

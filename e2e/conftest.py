@@ -1,8 +1,10 @@
-"""kind end-to-end tier: prerequisites, the cluster, the images in it, and diagnostics (logs,
+"""End-to-end tier: the provider, the cluster, the images in it, and diagnostics (logs,
 events, describe) written for every failing test.
 
-Without Docker, kind or the kind node image every test skips naming what is missing;
-`make e2e` sets LLMSTREAM_E2E_REQUIRED=1, which turns that into a loud failure instead.
+One set of tests, two providers: kind where kind and its node image are present, otherwise
+the local tier with its real kubelet node (`tools.cluster`). Where neither can run, every test
+skips naming what each lacks; `make e2e` (LLMSTREAM_E2E_REQUIRED=1) and CI=true turn that into
+a failure instead.
 """
 
 from __future__ import annotations
@@ -22,26 +24,48 @@ from e2e.kind_support import (
     RELEASE_NAMESPACE,
     REQUIRED,
     ROOT,
+    Cluster,
     Kind,
+    LocalTier,
     kind_binary,
+    local_prerequisites,
     prerequisites,
 )
 from llmstream import __version__
 from tools.images import plan
 
-_PROBLEMS = pytest.StashKey[list[str]]()
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_PROVIDER = pytest.StashKey[tuple[str | None, list[str]]]()
 _FAILED = pytest.StashKey[bool]()
 
 
+def choose_provider() -> tuple[str | None, list[str]]:
+    """`kind` or `local`, and what each provider lacks (None when neither can run)."""
+    kind_problems = prerequisites()
+    if not kind_problems:
+        return "kind", []
+    local_problems = local_prerequisites()
+    if not local_problems:
+        return "local", []
+    return None, [f"kind: {p}" for p in kind_problems] + [
+        f"local tier: {p}" for p in local_problems
+    ]
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Check the prerequisites once, before any e2e test, when e2e tests are selected."""
+    """Pick the provider once, before any e2e test, when e2e tests are selected."""
     if not any(item.get_closest_marker("e2e") for item in session.items):
         return
-    problems = prerequisites()
-    session.config.stash[_PROBLEMS] = problems
-    if problems and REQUIRED:
-        lines = "\n  - ".join(problems)
-        pytest.exit(f"make e2e cannot run on this machine:\n  - {lines}", returncode=3)
+    provider, problems = choose_provider()
+    session.config.stash[_PROVIDER] = (provider, problems)
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        if provider is None:
+            lines = "\n  - ".join(problems)
+            if REQUIRED:
+                pytest.exit(f"make e2e cannot run on this machine:\n  - {lines}", returncode=3)
+        else:
+            print(f"\ne2e provider: {provider}", file=sys.stderr, flush=True)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -55,15 +79,51 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture(scope="session")
-def kind_cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Kind]:
+def built_images() -> dict[str, str]:
+    """The three images, built (or found up to date) in the local Docker engine, never pulled."""
+    build = subprocess.run(
+        [sys.executable, "-m", "tools.images", "build", "--no-pull"], cwd=ROOT, check=False
+    )
+    assert build.returncode == 0, "building the images failed (output above)"
+    return {name: plan.image_spec(name).ref(__version__) for name in plan.IMAGES}
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    built_images: dict[str, str],
+) -> Iterator[Cluster]:
+    """The session's cluster from the chosen provider, with the project's images in it."""
+    provider, problems = request.config.stash.get(_PROVIDER, None) or choose_provider()
+    if provider is None:
+        message = "end-to-end tests need kind or the local tier's real node: " + "; ".join(problems)
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}")
+        pytest.skip(message)
+    if provider == "kind":
+        yield from _kind_cluster(tmp_path_factory, list(built_images.values()))
+    else:
+        yield from _local_cluster(list(built_images.values()))
+
+
+def _local_cluster(images: list[str]) -> Iterator[Cluster]:
+    from tools.cluster import binaries
+    from tools.cluster.controlplane import ControlPlane
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    plane = ControlPlane(binaries.provision(log=log), real_node=True, docker_images=images, log=log)
+    plane.start()
+    try:
+        yield LocalTier("local", plane.kubeconfig, plane)
+    finally:
+        plane.stop()
+
+
+def _kind_cluster(tmp_path_factory: pytest.TempPathFactory, images: list[str]) -> Iterator[Kind]:
     """A fresh kind cluster for the session (kept with LLMSTREAM_E2E_KEEP=1)."""
-    problems = request.config.stash.get(_PROBLEMS, None)
-    if problems is None:
-        problems = prerequisites()
-    if problems:
-        pytest.skip("kind end-to-end tests need: " + "; ".join(problems))
     binary = kind_binary()
     assert binary is not None
     cluster = Kind(
@@ -76,35 +136,20 @@ def kind_cluster(
         "--image", NODE_IMAGE, "--kubeconfig", str(cluster.kubeconfig), "--wait", "180s",
     )  # fmt: skip
     try:
+        cluster.load(images)
         yield cluster
     finally:
         if os.environ.get("LLMSTREAM_E2E_KEEP") != "1":
             cluster.run(binary, "delete", "cluster", "--name", cluster.name, check=False)
 
 
-@pytest.fixture(scope="session")
-def images_in_kind(kind_cluster: Kind) -> dict[str, str]:
-    """Build the three images (TORCH_VARIANT defaults to cpu here) and load them into kind."""
-    env = {**os.environ, "TORCH_VARIANT": os.environ.get("TORCH_VARIANT", "cpu")}
-    build = subprocess.run(
-        [sys.executable, "-m", "tools.images", "build"], cwd=ROOT, env=env, check=False
-    )
-    assert build.returncode == 0, "building the images failed (output above)"
-    refs = {name: plan.image_spec(name).ref(__version__) for name in plan.IMAGES}
-    for ref in refs.values():
-        kind_cluster.run(
-            kind_cluster.kind, "load", "docker-image", ref, "--name", kind_cluster.name
-        )
-    return refs
-
-
 @pytest.fixture(autouse=True)
 def diagnostics_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a failing test: events, describe output and logs into ARTIFACTS/<test>/."""
     yield
-    if not request.node.stash.get(_FAILED, False) or "kind_cluster" not in request.fixturenames:
+    if not request.node.stash.get(_FAILED, False) or "cluster" not in request.fixturenames:
         return
-    cluster: Kind = request.getfixturevalue("kind_cluster")
+    cluster: Cluster = request.getfixturevalue("cluster")
     folder = ARTIFACTS / request.node.name
     folder.mkdir(parents=True, exist_ok=True)
     commands = {

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llmstream.paths import llmstream_home
 from tools.cluster import kubetools
+from tools.cluster.controlplane import ControlPlane
 from tools.images import engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,16 +34,31 @@ def prerequisites() -> list[str]:
         docker = engine.find_docker()
     except engine.EngineUnavailableError as exc:
         return [str(exc)]
-    problems = []
     if kind_binary() is None:
-        problems.append("kind is not installed (go install sigs.k8s.io/kind@v0.31.0, or set $KIND)")
-    if not engine.image_exists(docker, NODE_IMAGE) and not engine.try_pull(
-        docker, NODE_IMAGE, timeout=600
-    ):
-        problems.append(
-            f"the kind node image {NODE_IMAGE} is not in the Docker engine and cannot be "
-            "pulled (no registry reachable); load it with `docker load` or set $KIND_NODE_IMAGE"
-        )
+        return ["kind is not installed (go install sigs.k8s.io/kind@v0.31.0, or set $KIND)"]
+    # Tests never pull: a pull would leave the machine (docs/testing.md).
+    if not engine.image_exists(docker, NODE_IMAGE):
+        return [
+            f"the kind node image {NODE_IMAGE} is not in the Docker engine (`docker pull` it, "
+            "or `docker load` it, or set $KIND_NODE_IMAGE)"
+        ]
+    return []
+
+
+def local_prerequisites() -> list[str]:
+    """What is missing for the local tier's real node (empty: it can run)."""
+    from tools.cluster import binaries
+    from tools.cluster.node.owner import missing_requirements
+
+    problems = missing_requirements()
+    try:
+        engine.find_docker()
+    except engine.EngineUnavailableError as exc:
+        problems.append(f"the images are built with Docker: {exc}")
+    try:
+        binaries.provision(build=False)
+    except binaries.BinariesUnavailableError as exc:
+        problems.append(str(exc))
     return problems
 
 
@@ -110,6 +126,8 @@ class Kind(Cluster):
 @dataclass
 class LocalTier(Cluster):
     """The local control plane with its real node (images were loaded when it started)."""
+
+    plane: ControlPlane
 
     @property
     def provider(self) -> str:

@@ -189,3 +189,24 @@ def test_the_pause_program_compiles_static_and_exits_cleanly_on_sigterm(tmp_path
     assert process.poll() is None
     process.send_signal(signal.SIGTERM)
     assert process.wait(5) == 0
+
+
+def test_an_image_rebuilt_with_new_labels_only_is_not_imported_again() -> None:
+    base = {
+        "Id": "sha256:1",
+        "Created": "2026-11-27T10:00:00Z",
+        "RootFS": {"Layers": ["sha256:a", "sha256:b"]},
+        "Config": {"Cmd": ["serve"], "Env": ["A=1"], "Labels": {"created": "10:00"}},
+    }
+    relabelled = {
+        **base,
+        "Id": "sha256:2",
+        "Created": "2026-11-27T11:00:00Z",
+        "Config": {"Cmd": ["serve"], "Env": ["A=1"], "Labels": {"created": "11:00"}},
+    }
+    new_cmd = {**base, "Config": {"Cmd": ["other"], "Env": ["A=1"]}}
+    new_layer = {**base, "RootFS": {"Layers": ["sha256:a", "sha256:c"]}}
+    same = keeper.runtime_identity(base)
+    assert keeper.runtime_identity(relabelled) == same
+    assert keeper.runtime_identity(new_cmd) != same
+    assert keeper.runtime_identity(new_layer) != same

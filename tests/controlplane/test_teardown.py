@@ -1,8 +1,9 @@
-"""No control-plane process, and none of its local routes, outlives its owner: Ctrl-C, a hard
-kill, or a failing test session.
+"""No control-plane process, none of its local routes, and nothing of its real node outlives
+its owner: Ctrl-C, a hard kill, or a failing test session.
 
 Each test runs its own control plane in a child Python process (`make cluster-up`'s command,
-or a pytest session), ends that owner, and checks every component's process id afterwards.
+or a pytest session), ends that owner, and checks every component's process id afterwards;
+with the real node, also every namespace, link, cgroup, mount, shim and setting it made.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 
 from tools.cluster import routes
 from tools.cluster.binaries import ClusterBinaries
+from tools.cluster.node import host
+from tools.cluster.node.owner import missing_requirements
 from tools.cluster.processes import alive
 
 pytestmark = pytest.mark.controlplane
@@ -45,10 +48,13 @@ def owners() -> Iterator[list[Owner]]:
             owner.wait()
 
 
-def start_cluster_up(workdir: Path, owners: list[Owner]) -> tuple[Owner, dict[str, int]]:
+def start_cluster_up(
+    workdir: Path, owners: list[Owner], *, real_node: bool = False
+) -> tuple[Owner, dict[str, int]]:
     """Run `python -m tools.cluster up` until it prints the KUBECONFIG line; return its pids."""
+    node_args = ["--no-images"] if real_node else ["--kwok-only"]
     owner = subprocess.Popen(
-        [sys.executable, "-m", "tools.cluster", "up", "--workdir", str(workdir)],
+        [sys.executable, "-m", "tools.cluster", "up", "--workdir", str(workdir), *node_args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -100,27 +106,84 @@ def routes_left(workdir: Path, timeout: float) -> list[str]:
         time.sleep(0.2)
 
 
+def node_left(workdir: Path, timeout: float) -> list[str]:
+    """What the plane's real node (node.json) still has on the host after `timeout`."""
+    node = json.loads((workdir / "node.json").read_text())
+    deadline = time.monotonic() + timeout
+    while True:
+        left = host.leftovers(node["keeper"], Path(node["root"]))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+@pytest.fixture(params=["kwok", "real-node"])
+def real_node(request: pytest.FixtureRequest) -> bool:
+    """Each teardown runs with kwok nodes only and with the real node."""
+    if request.param == "kwok":
+        return False
+    missing = missing_requirements()
+    if missing:
+        require_or_skip("the real node needs " + "; ".join(missing))
+    return True
+
+
+def require_or_skip(message: str) -> None:
+    from testsupport import IN_CI
+
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
 def test_ctrl_c_on_cluster_up_stops_every_component(
-    cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner]
+    cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner], real_node: bool
 ) -> None:
-    owner, pids = start_cluster_up(tmp_path, owners)
+    owner, pids = start_cluster_up(tmp_path, owners, real_node=real_node)
     assert set(pids) == COMPONENTS
     assert all(alive(pid) for pid in pids.values())
     assert routes_left(tmp_path, timeout=0) != []
+    if real_node:
+        assert node_left(tmp_path, timeout=0) != []
     os.kill(owner.pid, signal.SIGINT)
-    assert owner.wait(timeout=60) == 0
+    assert owner.wait(timeout=90) == 0
     assert wait_all_gone(pids, timeout=1.0) == []
     assert routes_left(tmp_path, timeout=0) == []
+    if real_node:
+        assert node_left(tmp_path, timeout=0) == []
 
 
 def test_killing_the_owner_outright_still_kills_every_component(
-    cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner]
+    cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner], real_node: bool
 ) -> None:
-    owner, pids = start_cluster_up(tmp_path, owners)
+    owner, pids = start_cluster_up(tmp_path, owners, real_node=real_node)
     os.kill(owner.pid, signal.SIGKILL)  # no handler, no atexit: only the kernel can help
     owner.wait(timeout=10)
     assert wait_all_gone(pids) == []
     assert routes_left(tmp_path, timeout=15) == []  # the route keeper saw its owner go
+    if real_node:
+        assert node_left(tmp_path, timeout=60) == []  # so did the node keeper
+
+
+def test_a_killed_node_keeper_leaves_nothing_once_the_next_node_starts(
+    cluster_binaries: ClusterBinaries, tmp_path: Path, owners: list[Owner]
+) -> None:
+    """The keeper itself SIGKILLed: its processes die with it (pdeathsig), but its namespace,
+    shims and cgroups stay until the next keeper removes them before it starts."""
+    if missing_requirements():
+        require_or_skip("the real node needs " + "; ".join(missing_requirements()))
+    first, second = tmp_path / "first", tmp_path / "second"
+    owner, _ = start_cluster_up(first, owners, real_node=True)
+    keeper = json.loads((first / "node.json").read_text())["keeper"]
+    os.kill(keeper, signal.SIGKILL)
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait(timeout=10)
+    assert node_left(first, timeout=0) != []  # nobody was left to clean up
+    owner, _ = start_cluster_up(second, owners, real_node=True)
+    assert node_left(first, timeout=0) == []
+    os.kill(owner.pid, signal.SIGINT)
+    assert owner.wait(timeout=90) == 0
+    assert node_left(second, timeout=0) == []
 
 
 def test_a_failing_test_session_tears_its_control_plane_down(

@@ -60,7 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if missing:
         print(f"cluster-up: no real node on this host, kwok nodes only: needs {'; '.join(missing)}")
         real_node = False
-    images = args.image or (_project_images() if real_node else [])
+    images = args.image or (_project_images() if real_node and not args.no_images else [])
     started = time.monotonic()
     with ControlPlane(
         found, workdir=args.workdir, real_node=real_node, docker_images=images, log=_log
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a Docker image to load into the real node (default: the project's, if built)",
+    )
+    up_parser.add_argument(
+        "--no-images", action="store_true", help="load none of the project's images"
     )
     up_parser.set_defaults(handler=cmd_up)
     return parser

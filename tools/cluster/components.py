@@ -6,6 +6,7 @@ The API server listens on loopback, or, with a real node, on the host end of the
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ POD_CIDR = "10.244.0.1/16"
 # kwok gives its fake pods addresses from the lower half; the real node's range and link sit
 # in the upper half (tools.cluster.node.config).
 KWOK_POD_CIDR = "10.244.0.1/17"
+# The `kubernetes` Service's ClusterIP (the range's first address): pods dial the API there.
+KUBERNETES_SERVICE_IP = str(ipaddress.ip_network(SERVICE_CIDR)[1])
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 

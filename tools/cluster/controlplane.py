@@ -249,14 +249,24 @@ class ControlPlane:
                 self.startup_seconds["node-processes"] = time.monotonic() - begun
                 self._wait_real_node_ready(client, time.monotonic() + self.start_timeout)
                 self.startup_seconds["real-node-ready"] = time.monotonic() - begun
-            self._wait_default_service_account(client, deadline)
+            # The node's first image import can take minutes: the clock restarts after it.
+            self._wait_default_service_account(client, time.monotonic() + self.start_timeout)
         self.startup_seconds["total"] = time.monotonic() - begun
         (self.workdir / "pids.json").write_text(json.dumps(self.pids))
+        if self.node is not None:
+            (self.workdir / "node.json").write_text(
+                json.dumps({"keeper": self.node.pid, "root": str(self.node.layout.root)})
+            )
 
     def _write_files(self) -> components.KubeletClient | None:
         """Keys, tokens and kubeconfigs (and the real node's files); the API server's kubelet
         client pair when there is a real node."""
-        keys = pki.generate(self.layout.pki, ip_addresses=(components.LOOPBACK, self.address))
+        keys = pki.generate(
+            self.layout.pki,
+            ip_addresses=tuple(
+                dict.fromkeys((components.LOOPBACK, self.address, components.KUBERNETES_SERVICE_IP))
+            ),
+        )
         users = [
             self.admin,
             manifests.User("system:kube-controller-manager", pki.random_token()),

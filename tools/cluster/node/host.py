@@ -215,3 +215,32 @@ def remove_log_links(root: Path) -> None:
             target = os.readlink(link)
             if target.startswith(str(root)) or ("llmstream-" in target and not link.exists()):
                 link.unlink(missing_ok=True)
+
+
+def leftovers(keeper_pid: int, root: Path) -> list[str]:
+    """Anything of a node still on this host, each named: what tests assert is empty."""
+    found = []
+    netns = config.netns_name(keeper_pid)
+    if (NETNS_DIR / netns).exists():
+        found.append(f"network namespace {netns}")
+    if Path(f"/sys/class/net/{config.host_link(keeper_pid)}").exists():
+        found.append(f"link {config.host_link(keeper_pid)}")
+    found += [f"cgroup {folder}" for folder in kubepods_cgroups()]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(root) in cmdline and not _zombie(int(entry.name)):
+                found.append(f"process {entry.name}: {cmdline[:200]}")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            if str(root) in line:
+                found.append(f"mount {line.split()[4]}")
+    if (STATE_DIR / f"{keeper_pid}.sysctl.json").exists():
+        found.append(f"kernel settings not restored ({STATE_DIR / f'{keeper_pid}.sysctl.json'})")
+    with contextlib.suppress(OSError):
+        for link in config.CONTAINER_LOG_LINKS.iterdir():
+            if link.is_symlink() and os.readlink(link).startswith(str(root)):
+                found.append(f"log link {link}")
+    return found

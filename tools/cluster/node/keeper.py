@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import select
@@ -83,6 +84,21 @@ def normalized_ref(ref: str) -> str:
     if "." in first or ":" in first or first == "localhost":
         return ref
     return f"docker.io/{ref}"
+
+
+def runtime_identity(inspect: dict[str, object]) -> str:
+    """What decides how a Docker image runs: its layers and its run config, not its labels.
+
+    `make images` stamps the build time and revision into labels, which changes the image ID
+    on every build; re-importing several GB into containerd for a new label would cost minutes.
+    """
+    config = dict(inspect.get("Config") or {})  # type: ignore[call-overload]
+    config.pop("Labels", None)
+    config.pop("Image", None)  # the builder's intermediate id
+    rootfs = inspect.get("RootFS") or {}
+    layers = rootfs.get("Layers") if isinstance(rootfs, dict) else None
+    document = json.dumps({"layers": layers, "config": config}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(document.encode()).hexdigest()
 
 
 def _say(stdout: IO[str], kind: str, text: str = "") -> None:
@@ -212,16 +228,18 @@ class Keeper:
             self._timed_import(pause.IMAGE, self._ctr("images", "import", str(tarball)))
             record[pause.IMAGE] = digest
         for ref in self.spec.docker_images:
-            image_id = subprocess.run(
-                ["docker", "image", "inspect", "--format", "{{.Id}}", ref],
+            inspected = subprocess.run(
+                ["docker", "image", "inspect", ref],
                 capture_output=True,
                 text=True,
                 timeout=60,
                 check=False,
-            ).stdout.strip()
-            if not image_id:
+            )
+            if inspected.returncode != 0:
                 raise KeeperError(f"docker has no image {ref} (run `make images`)")
+            image_id = runtime_identity(json.loads(inspected.stdout)[0])
             if record.get(ref) == image_id and normalized_ref(ref) in present:
+                _say(self.stdout, PROGRESS, f"{ref}: already in containerd (same layers)")
                 continue
             command = f"docker save {ref} | {' '.join(self._ctr('images', 'import', '-'))}"
             self._timed_import(ref, ["bash", "-o", "pipefail", "-c", command])

@@ -71,12 +71,28 @@ def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
 
 def oci_archive(binary: bytes, name: str = IMAGE) -> tuple[bytes, str]:
     """The OCI layout tarball of an image whose only file is `/pause`; (tar, manifest digest)."""
-    layer = _tar({"pause": (binary, 0o755)})
+    return single_layer_archive(
+        {"pause": (binary, 0o755)}, name, {"Entrypoint": ["/pause"], "User": "65535:65535"}
+    )
+
+
+def busybox_archive(busybox: bytes, name: str) -> tuple[bytes, str]:
+    """A small tool image for the tier's own tests: a static busybox as `/bin/sh` and friends
+    (Debian's busybox-static), so pods can serve, resolve and fetch without any registry."""
+    files: dict[str, tuple[bytes, int]] = {"bin/busybox": (busybox, 0o755)}
+    return single_layer_archive(files, name, {"Entrypoint": ["/bin/busybox"], "Cmd": ["sh"]})
+
+
+def single_layer_archive(
+    files: dict[str, tuple[bytes, int]], name: str, run_config: dict[str, Any]
+) -> tuple[bytes, str]:
+    """The OCI layout tarball of a one-layer image holding `files`; (tar, manifest digest)."""
+    layer = _tar(files)
     config = _canonical(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+            "config": run_config,
             "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
         }
     )
