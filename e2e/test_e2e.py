@@ -9,12 +9,16 @@ stream again (`queued`, then tokens), delete, uninstall.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -53,13 +57,9 @@ def release(cluster: Cluster) -> str:
     return RELEASE
 
 
-@pytest.fixture(scope="module")
-def gateway(cluster: Cluster, release: str) -> Iterator[str]:
-    """Apply the example, wait for Ready, port-forward its gateway; yields http://127.0.0.1:P."""
-    cluster.kubectl("apply", "-f", str(EXAMPLE))
-    cluster.kubectl(
-        "wait", "llmep", ENDPOINT, "-n", "default", "--for=condition=Ready", "--timeout=600s"
-    )
+@contextmanager
+def port_forward(cluster: Cluster) -> Iterator[str]:
+    """`kubectl port-forward` to the gateway Service; yields http://127.0.0.1:PORT."""
     forward = subprocess.Popen(
         [str(tools().kubectl), "port-forward", "-n", "default",
          f"svc/{ENDPOINT}-gateway", ":8080"],
@@ -74,6 +74,17 @@ def gateway(cluster: Cluster, release: str) -> Iterator[str]:
     finally:
         forward.terminate()
         forward.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gateway(cluster: Cluster, release: str) -> Iterator[str]:
+    """Apply the example, wait for Ready, port-forward its gateway; yields http://127.0.0.1:P."""
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    cluster.kubectl(
+        "wait", "llmep", ENDPOINT, "-n", "default", "--for=condition=Ready", "--timeout=600s"
+    )
+    with port_forward(cluster) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +117,27 @@ def test_wscat_streams_tokens(gateway: str) -> None:
         path=str(llmstream_home() / "npm" / "node_modules" / ".bin" / "wscat"),
     )  # fmt: skip
     url = gateway.replace("http", "ws") + "/v1/ws"
-    result = subprocess.run(
+    # wscat keeps the socket open for the next prompt: read until the answer's `[done]`, then
+    # end it (and the `sleep` holding its stdin open) with its process group.
+    process = subprocess.Popen(
         ["bash", "-c", f"{wscat} -c {url} -x 'Say hello in five words.' -w 240 < <(sleep 245)"],
-        capture_output=True, text=True, timeout=300, check=False,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    received = [line for line in result.stdout.splitlines() if line.startswith("< ")]
-    assert received, f"wscat got nothing:\n{result.stdout}\n{result.stderr}"
-    assert received[-1] == "< [done]"
-    assert len(received) >= 2
+    assert process.stdout is not None
+    received: list[str] = []
+    deadline = time.monotonic() + 240
+    try:
+        for line in process.stdout:  # not a terminal: wscat prints frames without its "< "
+            if line.strip():
+                received.append(line.rstrip("\n").removeprefix("< "))
+            if (received and received[-1].endswith("[done]")) or time.monotonic() > deadline:
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert received, "wscat got nothing"
+    assert received[-1].endswith("[done]"), received
+    assert len(received) >= 2, received
 
 
 def test_llmstream_chat_streams_an_answer(gateway: str) -> None:
@@ -127,6 +151,21 @@ def test_llmstream_chat_streams_an_answer(gateway: str) -> None:
     assert result.stdout.strip()
 
 
+def test_the_openai_sdk_streams_a_chat_completion(gateway: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{gateway}/v1", api_key="unused", timeout=300, max_retries=0)
+    model = client.models.list().data[0].id
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=16,
+        stream=True,
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert "".join(pieces).strip()
+
+
 def test_gateway_histogram_counts_moved(gateway: str, metrics_before: str) -> None:
     after = httpx.get(f"{gateway}/metrics", timeout=10).text
     for name in (
@@ -137,21 +176,23 @@ def test_gateway_histogram_counts_moved(gateway: str, metrics_before: str) -> No
         assert metric_total(after, name) >= metric_total(metrics_before, name) + 2, name
 
 
-def test_the_endpoint_scales_to_zero_when_idle(cluster: Cluster, gateway: str) -> None:
-    deadline = time.monotonic() + 600
+def wait_for_zero(cluster: Cluster, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = endpoint_status(cluster)
         if status.get("phase") == "ScaledToZero" and status.get("replicas") == 0:
             break
-        time.sleep(5)
+        time.sleep(2)
     else:
-        pytest.fail(f"not scaled to zero within 10 minutes: {status}")
-    pods = cluster.kubectl(
-        "get", "pods", "-n", "default", "-l", "app.kubernetes.io/component=inference",
-        "-o", "name",
-    ).stdout.split()  # fmt: skip
-    assert pods == []
+        pytest.fail(f"not scaled to zero within {timeout:.0f}s: {status}")
+    while inference_pods(cluster) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert inference_pods(cluster) == []
+
+
+def test_the_endpoint_scales_to_zero_when_idle(cluster: Cluster, gateway: str) -> None:
+    wait_for_zero(cluster)
 
 
 async def test_a_stream_at_zero_is_queued_then_gets_tokens(cluster: Cluster, gateway: str) -> None:
@@ -213,6 +254,172 @@ def record_cold_start(cluster: Cluster, api: str, timeline: Timeline) -> None:
         for row in rows
     )
     print(f"\ncold start from zero on {cluster.provider} ({path}):\n{table}", file=sys.stderr)
+
+
+async def read_until_end(ws: Any, frames: list[dict[str, Any]], seconds: float) -> None:
+    """Append frames until `done` or `error`; fail on a hang (no end within `seconds`)."""
+    async with asyncio.timeout(seconds):
+        while not frames or frames[-1]["type"] not in ("done", "error"):
+            frames.append(json.loads(await ws.recv()))
+
+
+LONG_PROMPT = "Count from 1 to 500, one number per line."
+
+
+def inference_pods(cluster: Cluster) -> list[str]:
+    out = cluster.kubectl(
+        "get", "pods", "-n", "default", "-l", "app.kubernetes.io/component=inference",
+        "-o", "json",
+    ).stdout  # fmt: skip
+    items = json.loads(out)["items"]
+    return [i["metadata"]["name"] for i in items if not i["metadata"].get("deletionTimestamp")]
+
+
+FAULTS: dict[str, Any] = {}
+
+
+def record_fault(name: str, **facts: Any) -> None:
+    """Collect what each fault did; written to ARTIFACTS/faults.json as they happen."""
+    FAULTS[name] = facts
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "faults.json").write_text(json.dumps(FAULTS, indent=2))
+    print(f"\nfault {name}: {facts}", file=sys.stderr)
+
+
+async def test_an_inference_pod_deleted_mid_stream_ends_it_with_backend_failed(
+    cluster: Cluster, gateway: str
+) -> None:
+    """After its first token a stream cannot move to another replica: it must end with an
+    error naming the backend (never hang), and the endpoint must serve again afterwards."""
+    import websockets
+
+    frames: list[dict[str, Any]] = []
+    params = {"max_new_tokens": 400, "temperature": 0}
+    async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "f1", "prompt": LONG_PROMPT,
+                                  "params": params}))  # fmt: skip
+        async with asyncio.timeout(300):
+            while sum(f["type"] == "token" for f in frames) < 5:
+                frames.append(json.loads(await ws.recv()))
+                assert frames[-1]["type"] not in ("done", "error"), frames
+        (pod,) = inference_pods(cluster)
+        cluster.kubectl("delete", "pod", pod, "-n", "default", "--wait=false")
+        deleted = time.monotonic()
+        await read_until_end(ws, frames, seconds=120)
+        ended = time.monotonic() - deleted
+    last = frames[-1]
+    record_fault(
+        "inference_pod_deleted_mid_stream",
+        tokens_before=sum(f["type"] == "token" for f in frames),
+        end=last["type"],
+        code=last.get("code"),
+        seconds_to_end=round(ended, 2),
+    )
+    assert last["type"] == "error", last
+    assert last["code"] == "backend_failed", last
+    # The Deployment replaces the pod; a new stream completes on the new one.
+    second: list[dict[str, Any]] = []
+    async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "f2", "prompt": "Hi!",
+                                  "params": {"max_new_tokens": 4}}))  # fmt: skip
+        await read_until_end(ws, second, seconds=300)
+    assert second[-1]["type"] == "done", second
+
+
+def test_the_operator_restarted_while_scaling_from_zero_leaves_nothing_stuck(
+    cluster: Cluster, gateway: str, release: str
+) -> None:
+    """Shorten the idle time, wait for zero, then wake the endpoint and delete the operator
+    pod at once: the new operator pod must finish the scale-up and the stream complete."""
+    cluster.kubectl(
+        "patch", "llmep", ENDPOINT, "-n", "default", "--type=merge",
+        "-p", json.dumps({"spec": {"scaling": {"idleSeconds": 10, "scaleDownDelaySeconds": 0}}}),
+    )  # fmt: skip
+    wait_for_zero(cluster, timeout=300)
+    result: dict[str, Any] = {}
+
+    async def stream() -> None:
+        import websockets
+
+        frames: list[dict[str, Any]] = []
+        async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
+            await ws.send(json.dumps({"type": "generate", "id": "o1", "prompt": "Hi!",
+                                      "params": {"max_new_tokens": 4}}))  # fmt: skip
+            await read_until_end(ws, frames, seconds=300)
+        result["frames"] = frames
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(asyncio.run, stream())
+        time.sleep(0.5)  # the gateway has asked for a wake by now
+        cluster.kubectl(
+            "delete", "pod", "-n", RELEASE_NAMESPACE, "-l",
+            "app.kubernetes.io/component=operator", "--wait=false",
+        )  # fmt: skip
+        future.result(timeout=360)
+    frames = result["frames"]
+    record_fault(
+        "operator_deleted_while_scaling_from_zero",
+        end=frames[-1]["type"],
+        seconds_to_end=round(time.monotonic() - started, 2),
+    )
+    assert frames[0]["type"] == "queued", frames
+    assert frames[-1]["type"] == "done", frames
+    cluster.kubectl(
+        "rollout", "status", "-n", RELEASE_NAMESPACE, f"deployment/{release}-operator",
+        "--timeout=300s",
+    )  # fmt: skip
+
+
+async def test_a_gateway_pod_deleted_with_streams_open_closes_them_and_a_new_one_serves(
+    cluster: Cluster, gateway: str
+) -> None:
+    """Three streams open through the gateway; its pod is deleted. Each client must learn at
+    once (an error frame or a closed socket, never a hang); a new gateway pod then serves."""
+    import websockets
+
+    sockets = [await websockets.connect(gateway.replace("http", "ws") + "/v1/ws") for _ in range(3)]
+    frames: list[list[dict[str, Any]]] = [[] for _ in sockets]
+    for index, ws in enumerate(sockets):
+        await ws.send(json.dumps({"type": "generate", "id": f"g{index}", "prompt": LONG_PROMPT,
+                                  "params": {"max_new_tokens": 400}}))  # fmt: skip
+    async with asyncio.timeout(300):
+        for ws, got in zip(sockets, frames, strict=True):
+            while not any(f["type"] == "token" for f in got):
+                got.append(json.loads(await ws.recv()))
+    pods = cluster.kubectl(
+        "get", "pods", "-n", "default", "-l", "app.kubernetes.io/component=gateway", "-o", "name",
+    ).stdout.split()  # fmt: skip
+    cluster.kubectl("delete", *pods, "-n", "default", "--wait=false")
+    deleted = time.monotonic()
+    endings = []
+    for ws, got in zip(sockets, frames, strict=True):
+        try:
+            await read_until_end(ws, got, seconds=90)
+            endings.append(got[-1]["type"])
+        except websockets.ConnectionClosed as closed:
+            endings.append(f"closed {closed.rcvd.code if closed.rcvd else 'abnormally'}")
+        finally:
+            await ws.close()
+    closed_after = time.monotonic() - deleted
+    cluster.kubectl(
+        "rollout", "status", "-n", "default", f"deployment/{ENDPOINT}-gateway", "--timeout=300s"
+    )
+    with port_forward(cluster) as fresh:
+        again: list[dict[str, Any]] = []
+        async with websockets.connect(fresh.replace("http", "ws") + "/v1/ws") as ws:
+            await ws.send(json.dumps({"type": "generate", "id": "g9", "prompt": "Hi!",
+                                      "params": {"max_new_tokens": 4}}))  # fmt: skip
+            await read_until_end(ws, again, seconds=300)
+    record_fault(
+        "gateway_pod_deleted_with_streams_open",
+        streams=len(sockets),
+        endings=endings,
+        seconds_until_all_ended=round(closed_after, 2),
+        seconds_until_a_new_gateway_served=round(time.monotonic() - deleted, 2),
+    )
+    assert again[-1]["type"] == "done", again
+    assert all(end != "done" for end in endings), endings
 
 
 def test_deleting_the_endpoint_removes_its_children(cluster: Cluster, gateway: str) -> None:
