@@ -17,15 +17,17 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from llmstream_gateway.config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION
 
 STEPS = (
     ("request", "the client sends `generate` (zero replicas)"),
-    ("wake_annotation", "the gateway's wake annotation (its own timestamp)"),
+    ("wake_annotation", "the gateway's wake annotation changed (seen by the poller)"),
     ("replicas_set", "inference Deployment `replicas` ≥ 1 seen"),
     ("pod_scheduled", "a pod bound to a node"),
     ("container_started", "the inference container running"),
-    ("model_loaded", "container start + the server's own model load time"),
-    ("ready", "the pod Ready (model loaded, `/readyz` passed)"),
+    ("model_loaded", "the server's log: model loaded"),
+    ("server_ready", "the server's log: warmed up, ready to serve"),
+    ("ready", "the pod Ready (startup probe passed)"),
     ("first_token", "the first `token` frame at the client"),
 )
 POLL_S = 0.1
@@ -59,10 +61,23 @@ def breakdown(seen: dict[str, float]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_seconds(metrics: str) -> float | None:
-    """`llmstream_inference_model_load_seconds` from the inference server's /metrics."""
-    match = re.search(r"^llmstream_inference_model_load_seconds(?:\{[^}]*\})? (\S+)", metrics, re.M)
-    return float(match.group(1)) if match else None
+LOG_STEPS = {"model_loaded": " loaded in ", "server_ready": "ready to serve"}
+
+
+def log_steps(log: str) -> dict[str, float]:
+    """Steps the inference server logs, from `kubectl logs --timestamps` (RFC 3339 with
+    nanoseconds first on each line)."""
+    found: dict[str, float] = {}
+    for line in log.splitlines():
+        stamp, _, message = line.partition(" ")
+        for step, marker in LOG_STEPS.items():
+            if marker in message and step not in found:
+                # Python reads at most microseconds: drop the nanoseconds' last three digits.
+                trimmed = re.sub(r"(\.\d{6})\d+", r"\1", stamp)
+                when = parse_time(trimmed)
+                if when is not None:
+                    found[step] = when
+    return found
 
 
 class Timeline:
@@ -75,11 +90,27 @@ class Timeline:
         self.deployment = deployment
         self.seen: dict[str, float] = {}
         self.pod: str | None = None
+        self._wake_before: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _endpoint(self, client: httpx.Client) -> dict[str, Any]:
+        group = f"/apis/{CRD_GROUP}/{CRD_VERSION}/namespaces/{self.namespace}"
+        path = f"{group}/{CRD_PLURAL}/{self.endpoint}"
+        body: dict[str, Any] = client.get(path).json()
+        return body
+
+    def _wake(self, endpoint: dict[str, Any]) -> str | None:
+        annotations = endpoint.get("metadata", {}).get("annotations") or {}
+        value = annotations.get(WAKE_ANNOTATION)
+        return str(value) if value is not None else None
+
     def start(self) -> None:
-        """Begin polling."""
+        """Note the wake annotation as it is, mark the request, begin polling. (The gateway
+        writes whole seconds, so the change is timed as seen, not by its value.)"""
+        with httpx.Client(base_url=self.api, timeout=5) as client:
+            self._wake_before = self._wake(self._endpoint(client))
+        self.mark("request")
         self._thread.start()
 
     def stop(self) -> None:
@@ -101,13 +132,8 @@ class Timeline:
     def _poll(self, client: httpx.Client) -> None:
         now = time.time()
         ns = self.namespace
-        endpoint = client.get(
-            f"/apis/llmstream.dev/v1alpha1/namespaces/{ns}/llmendpoints/{self.endpoint}"
-        ).json()
-        annotations = endpoint.get("metadata", {}).get("annotations") or {}
-        wake = parse_time(annotations.get("llmstream.dev/wake-requested-at"))
-        if wake is not None and wake >= self.seen.get("request", now):
-            self.seen.setdefault("wake_annotation", wake)
+        if self._wake(self._endpoint(client)) != self._wake_before:
+            self.seen.setdefault("wake_annotation", now)
         deployment = client.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{self.deployment}")
         if deployment.status_code == 200 and (deployment.json()["spec"].get("replicas") or 0) > 0:
             self.seen.setdefault("replicas_set", now)

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from llmstream_operator.names import inference_name
 
-from e2e.coldstart import Timeline, breakdown, kubectl_proxy, load_seconds
+from e2e.coldstart import Timeline, breakdown, kubectl_proxy, log_steps
 from e2e.kind_support import ARTIFACTS, RELEASE_NAMESPACE, ROOT, Cluster, tools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -186,9 +186,9 @@ def wait_for_zero(cluster: Cluster, timeout: float = 600) -> None:
         time.sleep(2)
     else:
         pytest.fail(f"not scaled to zero within {timeout:.0f}s: {status}")
-    while inference_pods(cluster) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert inference_pods(cluster) == []
+    while inference_pods(cluster, terminating=True) and time.monotonic() < deadline:
+        time.sleep(1)  # ScaledToZero, and its pods are terminating: wait until they are gone
+    assert inference_pods(cluster, terminating=True) == []
 
 
 def test_the_endpoint_scales_to_zero_when_idle(cluster: Cluster, gateway: str) -> None:
@@ -203,7 +203,6 @@ async def test_a_stream_at_zero_is_queued_then_gets_tokens(cluster: Cluster, gat
     frames: list[dict[str, Any]] = []
     with kubectl_proxy(str(tools().kubectl), cluster.env()) as api:
         timeline = Timeline(api, "default", ENDPOINT, inference_name(ENDPOINT))
-        timeline.mark("request")
         timeline.start()
         try:
             async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
@@ -224,7 +223,7 @@ async def test_a_stream_at_zero_is_queued_then_gets_tokens(cluster: Cluster, gat
             await asyncio.sleep(1.0)  # the poller may see Ready just after the first token
         finally:
             timeline.stop()
-        record_cold_start(cluster, api, timeline)
+        record_cold_start(cluster, timeline)
     types = [f["type"] for f in frames]
     assert types[0] == "queued", frames
     assert frames[0]["reason"] == "warming"
@@ -232,19 +231,12 @@ async def test_a_stream_at_zero_is_queued_then_gets_tokens(cluster: Cluster, gat
     assert types[-1] == "done", frames
 
 
-def record_cold_start(cluster: Cluster, api: str, timeline: Timeline) -> None:
+def record_cold_start(cluster: Cluster, timeline: Timeline) -> None:
     """Write the cold-start breakdown as JSON and print it as a table."""
     seen = dict(timeline.seen)
-    if timeline.pod is not None and "container_started" in seen:
-        pod = httpx.get(f"{api}/api/v1/namespaces/default/pods/{timeline.pod}", timeout=10).json()
-        port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
-        metrics = httpx.get(
-            f"{api}/api/v1/namespaces/default/pods/{timeline.pod}:{port}/proxy/metrics",
-            timeout=10,
-        ).text
-        seconds = load_seconds(metrics)
-        if seconds is not None:
-            seen["model_loaded"] = seen["container_started"] + seconds
+    if timeline.pod is not None:
+        log = cluster.kubectl("logs", "--timestamps", "-n", "default", timeline.pod).stdout
+        seen.update(log_steps(log))
     rows = breakdown(seen)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / "cold-start.json"
@@ -266,13 +258,18 @@ async def read_until_end(ws: Any, frames: list[dict[str, Any]], seconds: float) 
 LONG_PROMPT = "Count from 1 to 500, one number per line."
 
 
-def inference_pods(cluster: Cluster) -> list[str]:
+def inference_pods(cluster: Cluster, *, terminating: bool = False) -> list[str]:
+    """Names of the endpoint's inference pods (those being deleted only with `terminating`)."""
     out = cluster.kubectl(
         "get", "pods", "-n", "default", "-l", "app.kubernetes.io/component=inference",
         "-o", "json",
     ).stdout  # fmt: skip
     items = json.loads(out)["items"]
-    return [i["metadata"]["name"] for i in items if not i["metadata"].get("deletionTimestamp")]
+    return [
+        i["metadata"]["name"]
+        for i in items
+        if terminating or not i["metadata"].get("deletionTimestamp")
+    ]
 
 
 FAULTS: dict[str, Any] = {}

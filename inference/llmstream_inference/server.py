@@ -89,6 +89,7 @@ class ServerState:
         """Load the model, start the engine and warm it up (blocking; run in a thread)."""
         runner = ModelRunner(self.config.model_path, self.config.runner)
         self.metrics.load_seconds.labels(self.config.model_name).set(runner.load_seconds)
+        log.info("model %s loaded in %.2f s", self.config.model_name, runner.load_seconds)
         engine = Engine(runner, self.config.engine, self.metrics)
         self.metrics.bind_queue_gauges(lambda: engine.running, lambda: engine.waiting)
         self.prompts = PromptBuilder(runner.tokenizer)
@@ -97,6 +98,7 @@ class ServerState:
         if self.config.warmup:
             self._warm_up(engine)
         self.ready = True
+        log.info("ready to serve")
 
     def _warm_up(self, engine: Engine) -> None:
         """One short generation so the first real request does not pay for lazy set-up."""

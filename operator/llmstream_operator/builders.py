@@ -19,6 +19,9 @@ Manifest = dict[str, Any]
 # kube-proxy has dropped it before the server stops taking new streams.
 DRAIN_SECONDS = 5
 PROBE_PERIOD_SECONDS = 5
+# While the model loads the kubelet asks every second, so a pod woken from zero is Ready within
+# a second of the server (at 5 s this cost 2.5 s of every cold start on average, up to 5 s).
+STARTUP_PROBE_PERIOD_SECONDS = 1
 # Model loading (download, conversion, warm-up) may take long; the startup probe allows this
 # much at least, or the endpoint's coldStartTimeoutSeconds when that is longer.
 MIN_STARTUP_SECONDS = 600
@@ -233,7 +236,9 @@ def inference_deployment(
         "resources": _inference_resources(spec),
         "volumeMounts": mounts,
         "startupProbe": _http_probe(
-            "/readyz", PROBE_PERIOD_SECONDS, math.ceil(startup_budget / PROBE_PERIOD_SECONDS)
+            "/readyz",
+            STARTUP_PROBE_PERIOD_SECONDS,
+            math.ceil(startup_budget / STARTUP_PROBE_PERIOD_SECONDS),
         ),
         "readinessProbe": _http_probe("/readyz", PROBE_PERIOD_SECONDS, 2),
         "livenessProbe": _http_probe("/healthz", 10, 3, timeout=5),

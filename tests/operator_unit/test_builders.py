@@ -265,6 +265,7 @@ def test_inference_probes_allow_a_long_model_load() -> None:
     startup = container["startupProbe"]
     assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert startup["periodSeconds"] == 1  # Ready within a second of the server: cold starts
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     longer = inference({**SPECS["cpu tiny"], "scaling": {"coldStartTimeoutSeconds": 1800}})
