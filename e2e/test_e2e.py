@@ -283,44 +283,76 @@ def record_fault(name: str, **facts: Any) -> None:
     print(f"\nfault {name}: {facts}", file=sys.stderr)
 
 
-async def test_an_inference_pod_deleted_mid_stream_ends_it_with_backend_failed(
-    cluster: Cluster, gateway: str
-) -> None:
-    """After its first token a stream cannot move to another replica: it must end with an
-    error naming the backend (never hang), and the endpoint must serve again afterwards."""
+async def stream_then_delete_the_inference_pod(
+    cluster: Cluster, gateway: str, stream_id: str, *delete_flags: str
+) -> tuple[list[dict[str, Any]], float]:
+    """A long stream; after its fifth token the inference pod is deleted (with `delete_flags`).
+    Returns every frame and the seconds from the delete to the stream's end."""
     import websockets
 
     frames: list[dict[str, Any]] = []
     params = {"max_new_tokens": 400, "temperature": 0}
     async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
-        await ws.send(json.dumps({"type": "generate", "id": "f1", "prompt": LONG_PROMPT,
+        await ws.send(json.dumps({"type": "generate", "id": stream_id, "prompt": LONG_PROMPT,
                                   "params": params}))  # fmt: skip
         async with asyncio.timeout(300):
             while sum(f["type"] == "token" for f in frames) < 5:
                 frames.append(json.loads(await ws.recv()))
                 assert frames[-1]["type"] not in ("done", "error"), frames
         (pod,) = inference_pods(cluster)
-        cluster.kubectl("delete", "pod", pod, "-n", "default", "--wait=false")
+        cluster.kubectl("delete", "pod", pod, "-n", "default", "--wait=false", *delete_flags)
         deleted = time.monotonic()
         await read_until_end(ws, frames, seconds=120)
-        ended = time.monotonic() - deleted
-    last = frames[-1]
+        return frames, time.monotonic() - deleted
+
+
+async def a_new_stream_completes(gateway: str) -> None:
+    import websockets
+
+    frames: list[dict[str, Any]] = []
+    async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "after", "prompt": "Hi!",
+                                  "params": {"max_new_tokens": 4}}))  # fmt: skip
+        await read_until_end(ws, frames, seconds=300)
+    assert frames[-1]["type"] == "done", frames
+
+
+async def test_an_inference_pod_deleted_mid_stream_drains_it_to_the_end(
+    cluster: Cluster, gateway: str
+) -> None:
+    """A plain delete: the pod stops taking new streams but finishes the running one within
+    its grace period (preStop drain, then the server's shutdown grace)."""
+    frames, seconds = await stream_then_delete_the_inference_pod(cluster, gateway, "d1")
     record_fault(
         "inference_pod_deleted_mid_stream",
-        tokens_before=sum(f["type"] == "token" for f in frames),
+        tokens=sum(f["type"] == "token" for f in frames),
+        end=frames[-1]["type"],
+        code=frames[-1].get("code"),
+        seconds_to_end=round(seconds, 2),
+    )
+    assert frames[-1]["type"] == "done", frames[-1]
+    await a_new_stream_completes(gateway)
+
+
+async def test_an_inference_pod_killed_mid_stream_ends_it_with_backend_failed(
+    cluster: Cluster, gateway: str
+) -> None:
+    """Deleted with no grace: after its first token a stream cannot move to another replica,
+    so it must end at once with an error naming the backend, never hang."""
+    frames, seconds = await stream_then_delete_the_inference_pod(
+        cluster, gateway, "k1", "--grace-period=0", "--force"
+    )
+    last = frames[-1]
+    record_fault(
+        "inference_pod_killed_mid_stream",
+        tokens=sum(f["type"] == "token" for f in frames),
         end=last["type"],
         code=last.get("code"),
-        seconds_to_end=round(ended, 2),
+        seconds_to_end=round(seconds, 2),
     )
     assert last["type"] == "error", last
     assert last["code"] == "backend_failed", last
-    # The Deployment replaces the pod; a new stream completes on the new one.
-    second: list[dict[str, Any]] = []
-    async with websockets.connect(gateway.replace("http", "ws") + "/v1/ws") as ws:
-        await ws.send(json.dumps({"type": "generate", "id": "f2", "prompt": "Hi!",
-                                  "params": {"max_new_tokens": 4}}))  # fmt: skip
-        await read_until_end(ws, second, seconds=300)
-    assert second[-1]["type"] == "done", second
+    await a_new_stream_completes(gateway)
 
 
 def test_the_operator_restarted_while_scaling_from_zero_leaves_nothing_stuck(
@@ -371,8 +403,8 @@ def test_the_operator_restarted_while_scaling_from_zero_leaves_nothing_stuck(
 async def test_a_gateway_pod_deleted_with_streams_open_closes_them_and_a_new_one_serves(
     cluster: Cluster, gateway: str
 ) -> None:
-    """Three streams open through the gateway; its pod is deleted. Each client must learn at
-    once (an error frame or a closed socket, never a hang); a new gateway pod then serves."""
+    """Three streams open through the gateway; its pod is deleted. Each stream must end, done
+    within the drain or cut when the pod stops, never hang; a new gateway pod then serves."""
     import websockets
 
     sockets = [await websockets.connect(gateway.replace("http", "ws") + "/v1/ws") for _ in range(3)]
@@ -416,7 +448,9 @@ async def test_a_gateway_pod_deleted_with_streams_open_closes_them_and_a_new_one
         seconds_until_a_new_gateway_served=round(time.monotonic() - deleted, 2),
     )
     assert again[-1]["type"] == "done", again
-    assert all(end != "done" for end in endings), endings
+    # Each stream ended (finished during the pod's drain, or cut when it stopped): no hang.
+    assert len(endings) == len(sockets)
+    assert all(end in {"done", "error"} or end.startswith("closed") for end in endings)
 
 
 def test_deleting_the_endpoint_removes_its_children(cluster: Cluster, gateway: str) -> None:
