@@ -217,15 +217,18 @@ def remove_log_links(root: Path) -> None:
                 link.unlink(missing_ok=True)
 
 
-def leftovers(keeper_pid: int, root: Path) -> list[str]:
-    """Anything of a node still on this host, each named: what tests assert is empty."""
+def leftovers(keeper_pid: int, root: Path, *, cgroups: bool = True) -> list[str]:
+    """Anything of a node still on this host, each named: what tests assert is empty.
+
+    `kubepods` is one name for every node, so `cgroups=False` while another node runs."""
     found = []
     netns = config.netns_name(keeper_pid)
     if (NETNS_DIR / netns).exists():
         found.append(f"network namespace {netns}")
     if Path(f"/sys/class/net/{config.host_link(keeper_pid)}").exists():
         found.append(f"link {config.host_link(keeper_pid)}")
-    found += [f"cgroup {folder}" for folder in kubepods_cgroups()]
+    if cgroups:
+        found += [f"cgroup {folder}" for folder in kubepods_cgroups()]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
