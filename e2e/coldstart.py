@@ -25,6 +25,7 @@ STEPS = (
     ("replicas_set", "inference Deployment `replicas` ≥ 1 seen"),
     ("pod_scheduled", "a pod bound to a node"),
     ("container_started", "the inference container running"),
+    ("server_started", "the server's log: Python and its imports up, HTTP listening"),
     ("model_loaded", "the server's log: model loaded"),
     ("server_ready", "the server's log: warmed up, ready to serve"),
     ("ready", "the pod Ready (startup probe passed)"),
@@ -61,7 +62,11 @@ def breakdown(seen: dict[str, float]) -> list[dict[str, Any]]:
     return rows
 
 
-LOG_STEPS = {"model_loaded": " loaded in ", "server_ready": "ready to serve"}
+LOG_STEPS = {
+    "server_started": "Application startup complete",
+    "model_loaded": " loaded in ",
+    "server_ready": "ready to serve",
+}
 
 
 def log_steps(log: str) -> dict[str, float]:

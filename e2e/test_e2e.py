@@ -466,9 +466,17 @@ def test_deleting_the_endpoint_removes_its_children(cluster: Cluster, gateway: s
     assert left == []
 
 
-def test_helm_uninstall_removes_the_operator(cluster: Cluster, release: str) -> None:
+def test_helm_uninstall_leaves_only_the_crd(cluster: Cluster, release: str) -> None:
     cluster.helm("uninstall", release, "--namespace", RELEASE_NAMESPACE, "--wait")
     left = cluster.kubectl(
-        "get", "deployments", "-n", RELEASE_NAMESPACE, "-o", "name"
-    ).stdout.split()
+        "get", "deployments,pods,services,serviceaccounts,configmaps,secrets", "-n",
+        RELEASE_NAMESPACE, "-l", f"app.kubernetes.io/instance={release}", "-o", "name",
+    ).stdout.split()  # fmt: skip
     assert left == []
+    cluster_wide = cluster.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l",
+        f"app.kubernetes.io/instance={release}", "-o", "name",
+    ).stdout.split()  # fmt: skip
+    assert cluster_wide == []
+    # Helm keeps CRDs (and so every user's LLMEndpoints) on uninstall, by design.
+    cluster.kubectl("get", "crd", "llmendpoints.llmstream.dev")

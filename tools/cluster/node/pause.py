@@ -77,8 +77,8 @@ def oci_archive(binary: bytes, name: str = IMAGE) -> tuple[bytes, str]:
 
 
 def busybox_archive(busybox: bytes, name: str) -> tuple[bytes, str]:
-    """A small tool image for the tier's own tests: a static busybox as `/bin/sh` and friends
-    (Debian's busybox-static), so pods can serve, resolve and fetch without any registry."""
+    """A small tool image for the tier's own tests: Debian's static busybox, run as
+    `/bin/busybox APPLET`, so pods can serve, resolve and fetch without any registry."""
     files: dict[str, tuple[bytes, int]] = {"bin/busybox": (busybox, 0o755)}
     return single_layer_archive(files, name, {"Entrypoint": ["/bin/busybox"], "Cmd": ["sh"]})
 
@@ -122,10 +122,10 @@ def single_layer_archive(
             ],
         }
     )
-    files: dict[str, tuple[bytes, int]] = {
+    layout: dict[str, tuple[bytes, int]] = {
         "oci-layout": (b'{"imageLayoutVersion":"1.0.0"}', 0o644),
         "index.json": (index, 0o644),
     }
     for blob in (layer, config, manifest):
-        files[f"blobs/sha256/{_digest(blob).removeprefix('sha256:')}"] = (blob, 0o644)
-    return _tar(files), _digest(manifest)
+        layout[f"blobs/sha256/{_digest(blob).removeprefix('sha256:')}"] = (blob, 0o644)
+    return _tar(layout), _digest(manifest)
