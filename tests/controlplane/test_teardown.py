@@ -188,7 +188,7 @@ def test_a_killed_node_keeper_leaves_nothing_once_the_next_node_starts(
 
 
 def test_a_failing_test_session_tears_its_control_plane_down(
-    cluster_binaries: ClusterBinaries, tmp_path: Path
+    cluster_binaries: ClusterBinaries, tmp_path: Path, real_node: bool
 ) -> None:
     workdir = tmp_path / "plane"
     suite = tmp_path / "suite"
@@ -202,7 +202,9 @@ def test_a_failing_test_session_tears_its_control_plane_down(
 
             @pytest.fixture(scope="session")
             def plane():
-                with ControlPlane(provision(build=False), workdir={str(workdir)!r}) as plane:
+                with ControlPlane(
+                    provision(build=False), workdir={str(workdir)!r}, real_node={real_node!r}
+                ) as plane:
                     yield plane
 
             def test_fails(plane):
@@ -226,3 +228,5 @@ def test_a_failing_test_session_tears_its_control_plane_down(
     assert set(pids) == COMPONENTS
     assert wait_all_gone(pids, timeout=1.0) == []
     assert routes_left(workdir, timeout=0) == []
+    if real_node:
+        assert node_left(workdir, timeout=0) == []

@@ -20,7 +20,6 @@ from the I/O (`LocalRoutes`, `hold`).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from llmstream.children import stop_with_parent
+from tools.cluster import keepers
 from tools.cluster.processes import alive
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -183,23 +183,9 @@ def add(networks: Sequence[Network], metric: int) -> list[OwnedRoute]:
     return added
 
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-def _wait_for_end(stdin: IO[bytes]) -> None:
-    """Return at the owner's end-of-file on stdin or at a stop signal (which stays blocked,
-    so the clean-up that follows cannot itself be interrupted)."""
-    while True:
-        readable, _, _ = select.select([stdin], [], [], 0.25)
-        if readable and not os.read(stdin.fileno(), 4096):
-            return
-        if signal.sigpending() & STOP_SIGNALS:
-            return
-
-
 def hold(networks: Sequence[Network], stdin: IO[bytes], stdout: IO[str]) -> int:
     """The keeper: add the routes, say `ready METRIC`, remove them at end-of-file or a signal."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, keepers.STOP_SIGNALS)
     added: list[OwnedRoute] = []
     try:
         leftovers = stale_routes(list_owned(), is_keeper)
@@ -207,7 +193,7 @@ def hold(networks: Sequence[Network], stdin: IO[bytes], stdout: IO[str]) -> int:
             print(f"routes: could not remove a stale route: {error}", file=sys.stderr)
         added = add(networks, metric_of(os.getpid()))
         print(f"{READY} {metric_of(os.getpid())}", file=stdout, flush=True)
-        _wait_for_end(stdin)
+        keepers.wait_for_end(stdin)
     except RoutesUnavailableError as exc:
         print(f"routes: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -277,20 +263,7 @@ class LocalRoutes:
         process, self._process = self._process, None
         if process is None:
             return
-        with contextlib.suppress(OSError, ValueError):
-            assert process.stdin is not None
-            process.stdin.close()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        keepers.stop_keeper(process, timeout)
         if self.metric is not None:  # whatever the keeper left (it was killed, say)
             remove(r for r in list_owned() if r.metric == self.metric)
 

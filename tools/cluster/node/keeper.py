@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -32,10 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+from tools.cluster import keepers
 from tools.cluster.node import config, host, pause
 from tools.cluster.processes import ProcessDiedError, Supervisor
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 LOCK_WAIT_S = 300.0
 SOCKET_WAIT_S = 60.0
 IMPORT_TIMEOUT_S = 1800.0
@@ -271,13 +270,7 @@ class Keeper:
 
     def wait(self, stdin: IO[bytes]) -> None:
         """Until end-of-file on stdin, a stop signal, or the death of a node process."""
-        while True:
-            readable, _, _ = select.select([stdin], [], [], 0.25)
-            if readable and not os.read(stdin.fileno(), 4096):
-                return
-            if signal.sigpending() & STOP_SIGNALS:
-                return
-            self.supervisor.check()
+        keepers.wait_for_end(stdin, self.supervisor.check)
 
     def teardown(self) -> list[str]:
         """Remove everything this keeper set up; the problems that remain (none, normally)."""
@@ -319,7 +312,7 @@ def remove_leftovers(log: Callable[[str], None]) -> None:
 
 def hold(spec: Spec, stdin: IO[bytes], stdout: IO[str]) -> int:
     """Set up, report, wait, tear down; exit status 0 only if nothing was left behind."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, keepers.STOP_SIGNALS)
     keeper = Keeper(spec, stdout)
     status = 0
     try:

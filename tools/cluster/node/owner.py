@@ -27,7 +27,7 @@ import yaml
 
 from llmstream.children import stop_with_parent
 from llmstream.paths import llmstream_home
-from tools.cluster import manifests, pki
+from tools.cluster import keepers, manifests, pki
 from tools.cluster.binaries import ClusterBinaries
 from tools.cluster.node import config, keeper, pause
 
@@ -216,16 +216,7 @@ class RealNode:
         process, self._process = self._process, None
         if process is None:
             return
-        with contextlib.suppress(OSError, ValueError):
-            assert process.stdin is not None
-            process.stdin.close()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        keepers.stop_keeper(process, timeout)
         keeper.remove_node(process.pid, self.layout.root)
 
 
