@@ -233,3 +233,19 @@ def test_the_node_has_no_way_off_this_machine(plane: ControlPlane) -> None:
         ["ip", "-n", plane.node.netns, "route"], capture_output=True, text=True, check=True
     ).stdout
     assert "default" not in routes
+
+
+def test_cluster_dns_may_read_services_and_nothing_more(plane: ControlPlane) -> None:
+    assert plane.node is not None
+    kubeconfig = plane.node.layout.kubeconfig("coredns")
+
+    def can_i(*args: str) -> str:
+        return subprocess.run(
+            [str(plane.binaries.kubectl), f"--kubeconfig={kubeconfig}", "auth", "can-i", *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        ).stdout.strip()  # fmt: skip
+
+    assert can_i("watch", "services") == "yes"
+    assert can_i("list", "endpointslices.discovery.k8s.io") == "yes"
+    assert can_i("list", "secrets") == "no"
+    assert can_i("create", "pods") == "no"

@@ -242,6 +242,8 @@ class ControlPlane:
                 self.startup_seconds[component.name] = time.monotonic() - begun
         with self.api() as client:
             self._create_nodes(client)
+            if self.node is not None:
+                self._grant_coredns(client)
             self._wait_nodes_ready(client, deadline)
             self.startup_seconds["nodes-ready"] = time.monotonic() - begun
             if self.node is not None:
@@ -291,7 +293,7 @@ class ControlPlane:
         )
         # system:kube-proxy is bound to system:node-proxier by the bootstrap policy.
         kube_proxy = manifests.User("system:kube-proxy", pki.random_token())
-        coredns = manifests.User("llmstream:coredns", pki.random_token(), ("system:masters",))
+        coredns = manifests.User(manifests.COREDNS_USER, pki.random_token())
         with self.layout.tokens.open("a") as tokens:
             tokens.write(manifests.token_file([kube_proxy, coredns]))
         self.node.write_files(self.server, keys, certs, kube_proxy, coredns)
@@ -361,6 +363,12 @@ class ControlPlane:
             f"{self.start_timeout:.0f}s: {', '.join(pending)}; kwok log:\n"
             f"{log_tail(self.supervisor.log_path('kwok'))}"
         )
+
+    def _grant_coredns(self, client: httpx.Client) -> None:
+        for path, body in manifests.coredns_rbac():
+            response = client.post(path, json=body)
+            if response.status_code not in (201, 409):
+                raise StartupError(f"creating {path}: HTTP {response.status_code} {response.text}")
 
     def _wait_real_node_ready(self, client: httpx.Client, deadline: float) -> None:
         path = f"/api/v1/nodes/{node_config.NODE_NAME}"

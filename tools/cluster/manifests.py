@@ -98,3 +98,38 @@ def node_is_ready(node: dict[str, Any]) -> bool:
     """Whether a Node object reports the Ready condition True."""
     conditions = node.get("status", {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+COREDNS_USER = "llmstream:coredns"
+
+
+def coredns_rbac() -> list[tuple[str, dict[str, Any]]]:
+    """What the real node's CoreDNS may read (its `kubernetes` plugin), and nothing more:
+    (API path to POST to, object)."""
+    name = COREDNS_USER
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["endpoints", "services", "pods", "namespaces"],
+                "verbs": ["list", "watch"],
+            },
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["list", "watch"],
+            },
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}],
+    }
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    return [(f"{rbac}/clusterroles", role), (f"{rbac}/clusterrolebindings", binding)]
