@@ -29,11 +29,13 @@ for tool in "$@"; do
   case "$tool" in
     node)
       # The real node of the cluster tier: its own containerd (never dockerd's), runc, the CNI
-      # plugins, iptables for kube-proxy and portmap, gcc for the pause binary.
+      # plugins, iptables for kube-proxy and portmap, gcc for the pause binary, and a static
+      # busybox for the tier's test pods.
       { command -v containerd >/dev/null && command -v runc >/dev/null \
           && command -v iptables >/dev/null && command -v gcc >/dev/null \
-          && [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/portmap ]]; } \
-        || apt_install "the real node" containerd runc containernetworking-plugins iptables gcc libc6-dev ;;
+          && [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/portmap && -x /bin/busybox ]]; } \
+        || apt_install "the real node" containerd runc containernetworking-plugins iptables \
+             gcc libc6-dev busybox-static ;;
     promtool)
       command -v promtool >/dev/null || apt_install promtool prometheus ;;
     chromium)
