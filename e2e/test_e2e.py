@@ -468,10 +468,16 @@ def test_deleting_the_endpoint_removes_its_children(cluster: Cluster, gateway: s
 
 def test_helm_uninstall_leaves_only_the_crd(cluster: Cluster, release: str) -> None:
     cluster.helm("uninstall", release, "--namespace", RELEASE_NAMESPACE, "--wait")
-    left = cluster.kubectl(
-        "get", "deployments,pods,services,serviceaccounts,configmaps,secrets", "-n",
-        RELEASE_NAMESPACE, "-l", f"app.kubernetes.io/instance={release}", "-o", "name",
-    ).stdout.split()  # fmt: skip
+    # The operator pod belongs to the release's ReplicaSet, not to the release: helm's
+    # `--wait` does not wait for it to finish terminating.
+    deadline = time.monotonic() + 120
+    left = ["?"]
+    while left and time.monotonic() < deadline:
+        left = cluster.kubectl(
+            "get", "deployments,pods,services,serviceaccounts,configmaps,secrets", "-n",
+            RELEASE_NAMESPACE, "-l", f"app.kubernetes.io/instance={release}", "-o", "name",
+        ).stdout.split()  # fmt: skip
+        time.sleep(1)
     assert left == []
     cluster_wide = cluster.kubectl(
         "get", "clusterroles,clusterrolebindings", "-l",
