@@ -18,6 +18,10 @@ MAX_ID_LENGTH = 128
 # event (while a request is queued or a long prompt is prefilled), so the gateway can tell a
 # slow backend from a hung one: its read timeout (30 s by default) spans several of them.
 SSE_HEARTBEAT_S = 5.0
+# On SIGTERM a gateway lets running streams finish for this long, then ends each one still
+# running with an `error` frame and closes its WebSocket with 1001 (going away). The operator
+# gives gateway pods a termination grace longer than this.
+GATEWAY_SHUTDOWN_DRAIN_S = 20.0
 SSE_HEARTBEAT = b": keepalive\n\n"
 # Largest request body / WebSocket frame either server reads (a bigger one is refused unread).
 MAX_BODY_BYTES = 1 << 20

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmstream.envargs import add_env_argument
-from llmstream.wire import MAX_BODY_BYTES, SSE_HEARTBEAT_S
+from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S, MAX_BODY_BYTES, SSE_HEARTBEAT_S
 
 from .config import DEFAULT_BACKEND_CONNECT_TIMEOUT_S, DEFAULT_BACKEND_READ_TIMEOUT_S, DEFAULT_PORT
 
@@ -154,6 +154,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest silence on a backend connection before it counts as hung "
         f"(the inference server sends a heartbeat every {SSE_HEARTBEAT_S:g} s)",
     )
+    add_env_argument(
+        parser,
+        "--shutdown-drain",
+        type=float,
+        default=GATEWAY_SHUTDOWN_DRAIN_S,
+        help="on SIGTERM, seconds running streams may take to finish before each remaining one "
+        "gets an error frame and its WebSocket closes with 1001",
+    )
     add_env_argument(parser, "--log-level", default="INFO", help="logging level")
 
 
@@ -217,6 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
                 or _split_list(os.environ.get("LLMSTREAM_ALLOWED_ORIGINS", ""))
             ),
             backend_read_timeout_s=args.backend_read_timeout,
+            shutdown_drain_s=args.shutdown_drain,
             kubeconfig=args.kubeconfig,
             backend_address_map=mappings,
         )

@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from llmstream.addressmap import AddressMapping
-from llmstream.wire import MAX_BODY_BYTES, SSE_HEARTBEAT_S
+from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S, MAX_BODY_BYTES, SSE_HEARTBEAT_S
 
 DEFAULT_PORT = 8080
 DEFAULT_BACKEND_CONNECT_TIMEOUT_S = 5.0
@@ -52,6 +52,7 @@ class GatewayConfig(BaseModel):
     probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
     backend_connect_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_BACKEND_CONNECT_TIMEOUT_S
     backend_read_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_BACKEND_READ_TIMEOUT_S
+    shutdown_drain_s: Annotated[float, Field(ge=0)] = GATEWAY_SHUTDOWN_DRAIN_S
     kubeconfig: Path | None = None  # None: the pod's service account (in-cluster)
     backend_address_map: tuple[AddressMapping, ...] = ()
     # Browser origins (scheme://host[:port]) besides the gateway's own page that may call it;

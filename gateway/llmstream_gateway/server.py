@@ -28,7 +28,7 @@ from .http_api import error_response, generate_handler
 from .metrics import GatewayMetrics
 from .openai_api import ModelCatalog, completions_handler
 from .streams import StreamRunner
-from .ws import serve_websocket
+from .ws import Connections, serve_websocket
 
 log = logging.getLogger("llmstream.gateway")
 LISTEN_BACKLOG = 4096
@@ -54,6 +54,7 @@ class Gateway:
         self.backends = BackendSet(capacity=config.backend_capacity)
         self.kube_configuration = kube_configuration
         self.waker = waker or self._default_waker()
+        self.connections = Connections()
         self.activator = Activator(
             self.backends,
             max_pending=config.max_pending_streams,
@@ -87,6 +88,11 @@ class Gateway:
     def runner(self) -> StreamRunner:
         assert self._runner is not None, "the gateway app is not started"
         return self._runner
+
+    async def shut_down(self, app: web.Application) -> None:
+        """aiohttp on_shutdown (SIGTERM; the listener is closed by now): drain, then going away
+        (`Connections.shut_down`)."""
+        await self.connections.shut_down(self.config.shutdown_drain_s)
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: client session and discovery live as long as the app."""
@@ -141,7 +147,12 @@ class Gateway:
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         return await serve_websocket(
-            request, self.runner, self.config, self.metrics, self.authorized(request)
+            request,
+            self.runner,
+            self.config,
+            self.metrics,
+            self.authorized(request),
+            self.connections,
         )
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -232,6 +243,7 @@ def create_app(
     )
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)
+    app.on_shutdown.append(gateway.shut_down)
     app.router.add_get("/v1/ws", gateway.websocket)
     app.router.add_post("/v1/generate", gateway.generate)
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
@@ -297,7 +309,8 @@ def serve(config: GatewayConfig, host: str, port: int) -> None:
         port=port,
         access_log_class=RedactingAccessLogger,
         handler_cancellation=True,
-        shutdown_timeout=5.0,
+        # on_shutdown drains the streams first; this covers HTTP streams (SSE) the same way.
+        shutdown_timeout=config.shutdown_drain_s + 5.0,
         # Clients reconnecting after a restart arrive in bursts; 128 would drop SYNs.
         backlog=LISTEN_BACKLOG,
         print=lambda text: log.info("%s", text),

@@ -69,7 +69,7 @@ class StreamSink(Protocol):
 class StreamControl:
     """Why the gateway itself cancelled a stream task (None: the client vanished)."""
 
-    cancel_reason: Literal["cancelled", "client_gone"] | None = None
+    cancel_reason: Literal["cancelled", "client_gone", "shutdown"] | None = None
 
 
 @dataclass
@@ -122,7 +122,8 @@ class StreamRunner:
             await self._run(request, sink, record)
         except asyncio.CancelledError:
             if control.cancel_reason != "cancelled":
-                record.outcome = "client_gone"
+                # A shutdown's `error` frame is sent by the connection, after this returns.
+                record.outcome = "error" if control.cancel_reason == "shutdown" else "client_gone"
                 raise
             current = asyncio.current_task()
             if current is not None:

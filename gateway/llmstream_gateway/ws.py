@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -39,6 +40,8 @@ from .protocol import (
     token_frame,
 )
 from .streams import ClientGoneError, StreamControl, StreamRunner
+
+log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 
@@ -98,7 +101,7 @@ class PlainSink(_Sender):
         await self._send(f"[error {event.code.value}] {event.message}")
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set: identity, not field equality
 class WsConnection:
     """One client connection and the streams it runs."""
 
@@ -197,6 +200,22 @@ class WsConnection:
             tasks.append(task)
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def going_away(self) -> None:
+        """The gateway stops: every stream still running gets an `error` frame (its client may
+        retry at once, on another gateway), then the socket closes with 1001."""
+        tasks = []
+        for stream_id, (task, control) in list(self.streams.items()):
+            control.cancel_reason = "shutdown"
+            task.cancel()
+            tasks.append(task)
+            if not stream_id.startswith("plain-"):
+                await self._send(error_frame(stream_id, *SHUTTING_DOWN, retry_after_s=1.0))
+            else:
+                await self._send(f"[error: {SHUTTING_DOWN[1]}]")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+
     async def _reply_error(self, stream_id: str | None, message: str) -> None:
         await self._send(error_frame(stream_id, ErrorCode.INVALID_REQUEST, message))
 
@@ -206,12 +225,42 @@ class WsConnection:
             await self.ws.send_str(text)
 
 
+SHUTTING_DOWN = (
+    ErrorCode.BACKEND_UNAVAILABLE,
+    "this gateway is shutting down; reconnect and send the request again",
+)
+
+
+class Connections:
+    """The open WebSocket connections of one gateway, so a shutdown can reach each."""
+
+    def __init__(self) -> None:
+        self.open: set[WsConnection] = set()
+
+    def streams(self) -> int:
+        """Streams running on all connections."""
+        return sum(len(c.streams) for c in self.open)
+
+    async def shut_down(self, drain_s: float) -> None:
+        """Let running streams finish for up to `drain_s`, then end the rest (an `error` frame
+        each) and close every socket with 1001. aiohttp has stopped listening and stopped
+        reading client frames by the time its on_shutdown runs, so no stream starts meanwhile."""
+        running = [task for c in self.open for task, _ in c.streams.values()]
+        if running:  # no new ones start while draining
+            await asyncio.wait(running, timeout=drain_s)
+        left = self.streams()
+        if left:
+            log.warning("shutting down: ending %d streams still running after %.0fs", left, drain_s)
+        await asyncio.gather(*(c.going_away() for c in list(self.open)))
+
+
 async def serve_websocket(
     request: web.Request,
     runner: StreamRunner,
     config: GatewayConfig,
     metrics: GatewayMetrics,
     authorized: bool,
+    connections: Connections | None = None,
 ) -> web.WebSocketResponse:
     """Upgrade, check the key (close 4401 after an `unauthorized` error frame), then serve."""
     ws = web.WebSocketResponse(
@@ -222,9 +271,14 @@ async def serve_websocket(
         await ws.send_str(error_frame(None, ErrorCode.UNAUTHORIZED, "missing or wrong API key"))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
+    connection = WsConnection(ws, runner, config)
+    if connections is not None:
+        connections.open.add(connection)
     metrics.connections.inc()
     try:
-        await WsConnection(ws, runner, config).serve()
+        await connection.serve()
     finally:
         metrics.connections.dec()
+        if connections is not None:
+            connections.open.discard(connection)
     return ws

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S
+
 from . import names
 from .spec import EnvVar, LLMEndpointSpec, Quantity, SecretKeyRef
 
@@ -25,7 +27,8 @@ STARTUP_PROBE_PERIOD_SECONDS = 1
 # Model loading (download, conversion, warm-up) may take long; the startup probe allows this
 # much at least, or the endpoint's coldStartTimeoutSeconds when that is longer.
 MIN_STARTUP_SECONDS = 600
-GATEWAY_SHUTDOWN_SECONDS = 30
+# The gateway's own drain plus time to send the last frames and close.
+GATEWAY_SHUTDOWN_SECONDS = math.ceil(GATEWAY_SHUTDOWN_DRAIN_S) + 10
 GATEWAY_RESOURCES: Manifest = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"memory": "512Mi"},
