@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from llmstream_gateway.config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION
+
+from llmstream.resource import WAKE_ANNOTATION, object_path
 
 STEPS = (
     ("request", "the client sends `generate` (zero replicas)"),
@@ -100,9 +101,7 @@ class Timeline:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _endpoint(self, client: httpx.Client) -> dict[str, Any]:
-        group = f"/apis/{CRD_GROUP}/{CRD_VERSION}/namespaces/{self.namespace}"
-        path = f"{group}/{CRD_PLURAL}/{self.endpoint}"
-        body: dict[str, Any] = client.get(path).json()
+        body: dict[str, Any] = client.get(object_path(self.namespace, self.endpoint)).json()
         return body
 
     def _wake(self, endpoint: dict[str, Any]) -> str | None:

@@ -21,11 +21,6 @@ DEFAULT_BACKEND_CONNECT_TIMEOUT_S = 5.0
 # Longest silence on a backend connection: the inference server sends a heartbeat every
 # SSE_HEARTBEAT_S, so a longer gap means it hung (the stream then fails or is retried).
 DEFAULT_BACKEND_READ_TIMEOUT_S = 6 * SSE_HEARTBEAT_S
-# The annotation the operator watches to scale an endpoint up from zero replicas.
-WAKE_ANNOTATION = "llmstream.dev/wake-requested-at"
-CRD_GROUP = "llmstream.dev"
-CRD_VERSION = "v1alpha1"
-CRD_PLURAL = "llmendpoints"
 INFERENCE_PORT_NAME = "http"
 
 

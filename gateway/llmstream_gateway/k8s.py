@@ -21,10 +21,10 @@ from kubernetes.aio import config as kconfig
 from kubernetes.aio import watch as kwatch
 
 from llmstream.addressmap import AddressMapping, mapped_url
+from llmstream.resource import GROUP, PLURAL, VERSION, WAKE_ANNOTATION
 
 from .activator import WAKE_MIN_INTERVAL_S, should_wake
 from .backends import BackendSet
-from .config import CRD_GROUP, CRD_PLURAL, CRD_VERSION, WAKE_ANNOTATION
 from .discovery import mapped_readiness, readiness_from_slices
 
 log = logging.getLogger("llmstream.gateway.kubernetes")
@@ -180,10 +180,10 @@ class KubernetesWaker:
         try:
             async with kclient.ApiClient(self.configuration) as api:
                 await kclient.CustomObjectsApi(api).patch_namespaced_custom_object(
-                    CRD_GROUP,
-                    CRD_VERSION,
+                    GROUP,
+                    VERSION,
                     self.namespace,
-                    CRD_PLURAL,
+                    PLURAL,
                     self.endpoint,
                     wake_patch(timestamp),
                     _content_type="application/merge-patch+json",

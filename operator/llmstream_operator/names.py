@@ -1,7 +1,9 @@
-"""One place for every name the operator writes: API group, child names, labels, ports, keys.
+"""One place for every name the operator writes: child names, labels, ports, keys.
 
-Other components (the gateway, the Helm chart, the tests) read these facts from here instead of
-spelling them again.
+The resource's own names (group, version, kind, plural, the wake annotation) are shared with
+the gateway and live in `llmstream/resource.py`; they are re-exported here so operator code and
+its tests keep one import. Other components (the Helm chart, the tests) read these facts from
+here instead of spelling them again.
 """
 
 from __future__ import annotations
@@ -9,18 +11,15 @@ from __future__ import annotations
 from typing import Final
 
 from llmstream import __version__
-
-GROUP: Final = "llmstream.dev"
-VERSION: Final = "v1alpha1"
-API_VERSION: Final = f"{GROUP}/{VERSION}"
-KIND: Final = "LLMEndpoint"
-PLURAL: Final = "llmendpoints"
-SINGULAR: Final = "llmendpoint"
-SHORT_NAME: Final = "llmep"
-CRD_NAME: Final = f"{PLURAL}.{GROUP}"
-
-# The wake signal a gateway patches onto its LLMEndpoint while it holds a stream at zero.
-WAKE_ANNOTATION: Final = f"{GROUP}/wake-requested-at"
+from llmstream.resource import API_VERSION as API_VERSION
+from llmstream.resource import CRD_NAME as CRD_NAME
+from llmstream.resource import GROUP as GROUP
+from llmstream.resource import KIND as KIND
+from llmstream.resource import PLURAL as PLURAL
+from llmstream.resource import SHORT_NAME as SHORT_NAME
+from llmstream.resource import SINGULAR as SINGULAR
+from llmstream.resource import VERSION as VERSION
+from llmstream.resource import WAKE_ANNOTATION as WAKE_ANNOTATION
 
 FIELD_MANAGER: Final = "llmstream-operator"
 # kopf's finalizer on LLMEndpoints (it stops the endpoint's autoscaler timer on deletion).

@@ -35,6 +35,7 @@ from servers import InferenceProcess, free_port, inference_server
 from testsupport import CLUSTER_ROLE, GROUP_PATH, poll_until
 from websockets.sync.client import ClientConnection, connect
 
+from llmstream.resource import WAKE_ANNOTATION
 from tools.cluster import components, manifests
 from tools.cluster.controlplane import ControlPlane
 from tools.cluster.processes import Supervisor
@@ -46,7 +47,6 @@ pytestmark = pytest.mark.controlplane
 
 OPERATOR_NAMESPACE = "llmstream-scaling"
 OPERATOR_ACCOUNT = "llmstream-operator"
-WAKE_ANNOTATION = "llmstream.dev/wake-requested-at"
 POD_NETWORK = ipaddress.ip_network(components.POD_CIDR, strict=False)
 WAIT_S = 90.0
 
