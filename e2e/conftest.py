@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Generator, Iterator
 
 import pytest
+from testsupport import skip_or_fail
 
 from e2e.kind_support import (
     ARTIFACTS,
@@ -34,7 +35,6 @@ from e2e.kind_support import (
 from llmstream import __version__
 from tools.images import plan
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 _PROVIDER = pytest.StashKey[tuple[str | None, list[str]]]()
 _FAILED = pytest.StashKey[bool]()
 
@@ -98,9 +98,7 @@ def cluster(
     provider, problems = request.config.stash.get(_PROVIDER, None) or choose_provider()
     if provider is None:
         message = "end-to-end tests need kind or the local tier's real node: " + "; ".join(problems)
-        if IN_CI:
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+        skip_or_fail(message)
     if provider == "kind":
         yield from _kind_cluster(tmp_path_factory, list(built_images.values()))
     else:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from llmstream_operator import names
@@ -28,9 +28,13 @@ def require_tool(name: str, how: str, *, path: str | None = None) -> str:
     found = path if path and Path(path).exists() else shutil.which(name)
     if found:
         return found
-    message = f"{name} is not installed: {how} (or run `make tools`)"
+    skip_or_fail(f"a test tool is missing: {name} is not installed: {how} (or run `make tools`)")
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip naming what this machine lacks; under CI=true, where nothing may skip, fail."""
     if IN_CI:
-        pytest.fail(f"CI=true and a test tool is missing: {message}")
+        pytest.fail(f"CI=true and {message}")
     pytest.skip(message)
 
 

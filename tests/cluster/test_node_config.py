@@ -175,14 +175,13 @@ def test_the_pause_archive_is_reproducible_and_changes_with_the_binary() -> None
 
 
 def test_the_pause_program_compiles_static_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
-    import shutil
     import signal
     import subprocess
     import time
 
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    binary = pause.build_binary(tmp_path / "pause")
+    from testsupport import require_tool
+
+    binary = pause.build_binary(tmp_path / "pause", require_tool("gcc", "apt-get install gcc"))
     assert subprocess.run([binary, "-v"], capture_output=True, text=True).stdout.strip()
     process = subprocess.Popen([binary])
     time.sleep(0.2)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from testsupport import IN_CI
+from testsupport import skip_or_fail
 
 from tools.cluster.binaries import ClusterBinaries
 from tools.cluster.controlplane import ControlPlane, RoutesRefusedError
@@ -30,12 +29,6 @@ pytestmark = pytest.mark.controlplane
 
 BUSYBOX = Path("/bin/busybox")
 TOOLBOX = "llmstream.local/toolbox:1"
-
-
-def skip_or_fail(message: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +220,6 @@ def test_the_host_reaches_pods_only_through_the_nodes_link(plane: ControlPlane, 
 def test_the_node_has_no_way_off_this_machine(plane: ControlPlane) -> None:
     assert plane.node is not None
     assert plane.node.netns is not None
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 is not installed")
     routes = subprocess.run(
         ["ip", "-n", plane.node.netns, "route"], capture_output=True, text=True, check=True
     ).stdout

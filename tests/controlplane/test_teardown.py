@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testsupport import skip_or_fail
 
 from tools.cluster import routes
 from tools.cluster.binaries import ClusterBinaries
@@ -124,16 +125,8 @@ def real_node(request: pytest.FixtureRequest) -> bool:
         return False
     missing = missing_requirements()
     if missing:
-        require_or_skip("the real node needs " + "; ".join(missing))
+        skip_or_fail("the real node needs " + "; ".join(missing))
     return True
-
-
-def require_or_skip(message: str) -> None:
-    from testsupport import IN_CI
-
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}")
-    pytest.skip(message)
 
 
 def test_ctrl_c_on_cluster_up_stops_every_component(
@@ -171,7 +164,7 @@ def test_a_killed_node_keeper_leaves_nothing_once_the_next_node_starts(
     """The keeper itself SIGKILLed: its processes die with it (pdeathsig), but its namespace,
     shims and cgroups stay until the next keeper removes them before it starts."""
     if missing_requirements():
-        require_or_skip("the real node needs " + "; ".join(missing_requirements()))
+        skip_or_fail("the real node needs " + "; ".join(missing_requirements()))
     first, second = tmp_path / "first", tmp_path / "second"
     owner, _ = start_cluster_up(first, owners, real_node=True)
     keeper = json.loads((first / "node.json").read_text())["keeper"]

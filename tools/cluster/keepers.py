@@ -13,8 +13,14 @@ import os
 import select
 import signal
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO
+
+from llmstream.children import stop_with_parent
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m tools.cluster…` resolves
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
@@ -29,6 +35,24 @@ def wait_for_end(stdin: IO[bytes], check: Callable[[], None] = lambda: None) -> 
         if signal.sigpending() & STOP_SIGNALS:
             return
         check()
+
+
+def start_keeper(module: str, args: Sequence[str], log_path: Path) -> subprocess.Popen[str]:
+    """Start `python -m module args…` as a keeper: stdin and stdout piped to the owner, stderr
+    to `log_path`, its own session (a terminal's Ctrl-C reaches only the owner), and SIGTERM,
+    not SIGKILL, when the owner dies, so it still cleans up."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+            preexec_fn=stop_with_parent,
+            cwd=REPO_ROOT,
+        )
 
 
 def stop_keeper(process: subprocess.Popen[str], timeout: float) -> None:

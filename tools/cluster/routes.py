@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from llmstream.children import stop_with_parent
 from tools.cluster import keepers
 from tools.cluster.processes import alive
 
@@ -233,19 +232,9 @@ class LocalRoutes:
                 "the tier routes its cluster ranges locally and needs iproute2's `ip` "
                 "(Debian package iproute2)"
             )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "tools.cluster.routes", "hold",
-                 *(str(n) for n in self.networks)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                start_new_session=True,  # a terminal's Ctrl-C reaches only the owner
-                preexec_fn=stop_with_parent,  # SIGTERM, not SIGKILL: it still cleans up
-                cwd=Path(__file__).resolve().parents[2],
-            )  # fmt: skip
+        self._process = keepers.start_keeper(
+            "tools.cluster.routes", ["hold", *(str(n) for n in self.networks)], self.log_path
+        )
         assert self._process.stdout is not None
         line = _read_line(self._process.stdout, timeout)
         if not line.startswith(READY):

@@ -16,7 +16,6 @@ import os
 import queue
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,6 @@ from typing import IO
 
 import yaml
 
-from llmstream.children import stop_with_parent
 from llmstream.paths import llmstream_home
 from tools.cluster import keepers, manifests, pki
 from tools.cluster.binaries import ClusterBinaries
@@ -160,19 +158,10 @@ class RealNode:
         )
         spec_path = self.layout.root / "keeper.json"
         spec_path.write_text(spec.to_json())
-        self.layout.logs.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with (self.layout.logs / "keeper.log").open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "tools.cluster.node.keeper", str(spec_path)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                start_new_session=True,  # a terminal's Ctrl-C reaches only the owner
-                preexec_fn=stop_with_parent,  # SIGTERM, not SIGKILL: it still cleans up
-                cwd=Path(__file__).resolve().parents[3],
-            )
+        self._process = keepers.start_keeper(
+            "tools.cluster.node.keeper", [str(spec_path)], self.layout.logs / "keeper.log"
+        )
         threading.Thread(
             target=_pump, args=(self._process.stdout, self._lines), daemon=True
         ).start()
