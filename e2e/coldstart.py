@@ -13,16 +13,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from typing import Any
 
 import httpx
 
-from llmstream.resource import WAKE_ANNOTATION, object_path
+from llmstream.timefmt import parse_rfc3339
+from llmstream.wake import lease_name, requested_at
 
 STEPS = (
     ("request", "the client sends `generate` (zero replicas)"),
-    ("wake_annotation", "the gateway's wake annotation changed (seen by the poller)"),
+    ("wake_requested", "the gateway renewed the wake Lease (its renewTime)"),
     ("replicas_set", "inference Deployment `replicas` ≥ 1 seen"),
     ("pod_scheduled", "a pod bound to a node"),
     ("container_started", "the inference container running"),
@@ -37,9 +37,7 @@ POLL_S = 0.1
 
 def parse_time(text: str | None) -> float | None:
     """An RFC 3339 timestamp (as Kubernetes and the gateway write them) as epoch seconds."""
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return parse_rfc3339(text)
 
 
 def breakdown(seen: dict[str, float]) -> list[dict[str, Any]]:
@@ -96,24 +94,23 @@ class Timeline:
         self.deployment = deployment
         self.seen: dict[str, float] = {}
         self.pod: str | None = None
-        self._wake_before: str | None = None
+        self._wake_before: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _endpoint(self, client: httpx.Client) -> dict[str, Any]:
-        body: dict[str, Any] = client.get(object_path(self.namespace, self.endpoint)).json()
-        return body
-
-    def _wake(self, endpoint: dict[str, Any]) -> str | None:
-        annotations = endpoint.get("metadata", {}).get("annotations") or {}
-        value = annotations.get(WAKE_ANNOTATION)
-        return str(value) if value is not None else None
+    def _wake(self, client: httpx.Client) -> float | None:
+        """The renewTime of the endpoint's wake Lease (the gateway's clock, microseconds)."""
+        path = (
+            f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}"
+            f"/leases/{lease_name(self.endpoint)}"
+        )
+        response = client.get(path)
+        return requested_at(response.json()) if response.status_code == 200 else None
 
     def start(self) -> None:
-        """Note the wake annotation as it is, mark the request, begin polling. (The gateway
-        writes whole seconds, so the change is timed as seen, not by its value.)"""
+        """Note the wake Lease as it is, mark the request, begin polling."""
         with httpx.Client(base_url=self.api, timeout=5) as client:
-            self._wake_before = self._wake(self._endpoint(client))
+            self._wake_before = self._wake(client)
         self.mark("request")
         self._thread.start()
 
@@ -136,8 +133,9 @@ class Timeline:
     def _poll(self, client: httpx.Client) -> None:
         now = time.time()
         ns = self.namespace
-        if self._wake(self._endpoint(client)) != self._wake_before:
-            self.seen.setdefault("wake_annotation", now)
+        wake = self._wake(client)
+        if wake is not None and wake != self._wake_before:
+            self.seen.setdefault("wake_requested", wake)
         deployment = client.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{self.deployment}")
         if deployment.status_code == 200 and (deployment.json()["spec"].get("replicas") or 0) > 0:
             self.seen.setdefault("replicas_set", now)

@@ -1,4 +1,4 @@
-"""Kubernetes I/O of the gateway: EndpointSlice watch (backends) and the wake annotation.
+"""Kubernetes I/O of the gateway: EndpointSlice watch (backends) and the wake Lease.
 
 Both use the asyncio Kubernetes client with the pod's service account (in-cluster config), or
 with a kubeconfig (`--kubeconfig`) when the gateway runs outside the cluster;
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio import watch as kwatch
 
+from llmstream import wake
 from llmstream.addressmap import AddressMapping, mapped_url
-from llmstream.resource import GROUP, PLURAL, VERSION, WAKE_ANNOTATION
 
 from .activator import WAKE_MIN_INTERVAL_S, should_wake
 from .backends import BackendSet
@@ -30,6 +30,7 @@ from .discovery import mapped_readiness, readiness_from_slices
 log = logging.getLogger("llmstream.gateway.kubernetes")
 WATCH_TIMEOUT_S = 300
 RETRY_DELAY_S = 2.0
+WAKE_REQUEST_TIMEOUT_S = 10.0
 
 
 def incluster_configuration() -> kclient.Configuration:
@@ -55,16 +56,6 @@ async def kubeconfig_configuration(path: Path) -> kclient.Configuration:
     except (kconfig.ConfigException, OSError, ValueError, TypeError, yaml.YAMLError) as exc:
         raise RuntimeError(f"cannot use --kubeconfig {path}: {exc}") from exc
     return configuration
-
-
-def rfc3339(timestamp: float) -> str:
-    """UTC RFC 3339 with seconds, e.g. `2026-01-02T03:04:05Z`."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def wake_patch(timestamp: float) -> dict[str, Any]:
-    """Merge patch setting the wake annotation on the LLMEndpoint."""
-    return {"metadata": {"annotations": {WAKE_ANNOTATION: rfc3339(timestamp)}}}
 
 
 class KubernetesDiscovery:
@@ -147,7 +138,10 @@ class KubernetesDiscovery:
 
 
 class KubernetesWaker:
-    """Patches `llmstream.dev/wake-requested-at` on the LLMEndpoint, at most once a second."""
+    """Renews the endpoint's wake Lease (llmstream/wake.py), at most once a second.
+
+    The Lease is the only object the gateway may write: its Role names it and nothing else.
+    """
 
     def __init__(
         self,
@@ -156,10 +150,13 @@ class KubernetesWaker:
         endpoint: str,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        identity: str | None = None,
     ) -> None:
         self.configuration = configuration
         self.namespace = namespace
-        self.endpoint = endpoint
+        self.lease = wake.lease_name(endpoint)
+        # In a pod the host name is the pod's name: the operator logs who asked.
+        self.identity = identity or socket.gethostname()
         self.clock = clock
         self.wall_clock = wall_clock
         self.last_wake: float | None = None
@@ -167,7 +164,7 @@ class KubernetesWaker:
         self.patches_sent = 0
 
     def request_wake(self) -> None:
-        """Send the patch in the background unless one went out less than a second ago."""
+        """Send the renewal in the background unless one went out less than a second ago."""
         now = self.clock()
         if not should_wake(now, self.last_wake, WAKE_MIN_INTERVAL_S):
             return
@@ -179,19 +176,17 @@ class KubernetesWaker:
     async def _patch(self, timestamp: float) -> None:
         try:
             async with kclient.ApiClient(self.configuration) as api:
-                await kclient.CustomObjectsApi(api).patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
+                await kclient.CoordinationV1Api(api).patch_namespaced_lease(
+                    self.lease,
                     self.namespace,
-                    PLURAL,
-                    self.endpoint,
-                    wake_patch(timestamp),
+                    wake.wake_patch(self.identity, timestamp),
                     _content_type="application/merge-patch+json",
+                    _request_timeout=WAKE_REQUEST_TIMEOUT_S,
                 )
             self.patches_sent += 1
-            log.info("asked to wake endpoint %s/%s", self.namespace, self.endpoint)
+            log.info("asked to wake: renewed lease %s/%s", self.namespace, self.lease)
         except Exception as exc:  # a failed wake is retried by the next held stream
-            log.warning("could not patch the wake annotation on %s: %r", self.endpoint, exc)
+            log.warning("could not renew the wake lease %s: %r", self.lease, exc)
 
     async def close(self) -> None:
         """Wait for patches in flight."""

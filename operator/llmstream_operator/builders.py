@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from llmstream.wake import LEASE_API_VERSION, LEASE_KIND
 from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S
 
 from . import names
@@ -453,8 +454,26 @@ def gateway_service_account(owner: Owner) -> Manifest:
     }
 
 
+def wake_lease(owner: Owner) -> Manifest:
+    """The Lease a gateway renews to wake the endpoint (llmstream/wake.py).
+
+    No spec: the gateways own holderIdentity and renewTime, so applying this never resets a
+    wake, and the operator's field manager never conflicts with theirs.
+    """
+    return {
+        "apiVersion": LEASE_API_VERSION,
+        "kind": LEASE_KIND,
+        "metadata": _metadata(owner, names.wake_name(owner.name), names.WAKE),
+    }
+
+
 def gateway_role(owner: Owner) -> Manifest:
-    """Least privilege for the gateway: discover backends, read and wake its own endpoint."""
+    """Least privilege for the gateway: discover backends and renew its endpoint's wake Lease.
+
+    Nothing on the LLMEndpoint itself: a gateway's identity cannot change the endpoint's spec
+    (image, env, Secrets), only ask for a wake. resourceNames cannot limit `create`, which is
+    why the operator creates the Lease.
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -466,9 +485,9 @@ def gateway_role(owner: Owner) -> Manifest:
                 "verbs": ["get", "list", "watch"],
             },
             {
-                "apiGroups": [names.GROUP],
-                "resources": [names.PLURAL],
-                "resourceNames": [owner.name],
+                "apiGroups": [LEASE_API_VERSION.split("/")[0]],
+                "resources": ["leases"],
+                "resourceNames": [names.wake_name(owner.name)],
                 "verbs": ["get", "patch"],
             },
         ],
@@ -511,6 +530,7 @@ def build_children(
         gateway_service_account(owner),
         gateway_role(owner),
         gateway_role_binding(owner),
+        wake_lease(owner),
         inference_service(owner),
         inference_network_policy(owner),
         inference_deployment(owner, spec, replicas, settings),

@@ -3,10 +3,11 @@
 - create/update/resume of an LLMEndpoint: server-side apply every child, write status.
 - an event on a child (edited or deleted): apply that child again when it drifted.
 - a timer per endpoint (settings.interval): read gateway load, decide replicas, write status.
-- an event carrying a new wake annotation: decide at once, without waiting for the timer.
+- a wake Lease renewed by a gateway (llmstream/wake.py): decide at once, without waiting for
+  the timer.
 
 Indexes (kopf's in-memory views of watched objects) give the handlers the Deployments,
-gateway EndpointSlices and LLMEndpoints without extra API calls.
+gateway EndpointSlices, wake Leases and LLMEndpoints without extra API calls.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any, cast
 
 import httpx
 import kopf
+
+from llmstream import wake as wake_signal
+from llmstream.timefmt import parse_rfc3339
 
 from . import builders, names
 from .builders import Manifest, Owner
@@ -34,7 +38,6 @@ from .status import (
     compute_status,
     deployment_view,
     failed_status,
-    parse_rfc3339,
     read_status,
     status_changes,
 )
@@ -42,6 +45,7 @@ from .status import (
 ENDPOINTS_INDEX = "llmstream_endpoints"
 DEPLOYMENTS_INDEX = "llmstream_deployments"
 GATEWAYS_INDEX = "llmstream_gateways"
+WAKES_INDEX = "llmstream_wakes"
 RETRY_DELAY_SECONDS = 10.0
 # (group/version as kopf spells it, plural) of every kind of child, watched for drift.
 CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
@@ -52,8 +56,10 @@ CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
     ("apps", "v1", "deployments"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
+    ("coordination.k8s.io", "v1", "leases"),
 )
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+WAKE_LEASES = {**MANAGED, names.LABEL_COMPONENT: names.WAKE}
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,21 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         if namespace is None:
             return {}
         return {(namespace, labels[names.LABEL_SERVICE_NAME]): tuple(gateway_urls(body))}
+
+    @kopf.index(
+        "coordination.k8s.io", "v1", "leases", labels=WAKE_LEASES, registry=registry, id=WAKES_INDEX
+    )
+    def index_wakes(
+        namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> dict[tuple[str, str], float | None]:
+        endpoint = labels.get(names.LABEL_INSTANCE)
+        if not endpoint or namespace is None:
+            return {}
+        return {(namespace, endpoint): wake_signal.requested_at(body)}
+
+    def wake_requested_at(namespace: str, name: str, indexes: Mapping[str, Any]) -> float | None:
+        wakes: kopf.Index[Any, float | None] = indexes[WAKES_INDEX]
+        return cast(float | None, _first(wakes.get((namespace, name))))
 
     def observe(namespace: str, name: str, indexes: Mapping[str, Any]) -> tuple[Any, Any]:
         deployments: kopf.Index[Any, DeploymentView] = indexes[DEPLOYMENTS_INDEX]
@@ -350,7 +371,6 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         body: kopf.Body,
         spec: kopf.Spec,
         status: kopf.Status,
-        annotations: kopf.Annotations,
         name: str,
         namespace: str | None,
         patch: kopf.Patch,
@@ -371,7 +391,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         sample = await runtime.probe.sample(urls, runtime.clock())
         state.record(sample, parsed.scaling, runtime.clock())
         inference, gateway = observe(namespace, name, kwargs)
-        wake_at = parse_rfc3339(annotations.get(names.WAKE_ANNOTATION))
+        wake_at = wake_requested_at(namespace, name, kwargs)
         decision = await scale(body, parsed, inference, wake_at, logger)
         desired = state.desired if state.desired is not None else 0
         observation = Observation(
@@ -389,34 +409,45 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             new = compute_status(observation, read_status(status), runtime.clock())
             patch.status.update(status_changes(status, new))
 
-    @kopf.on.event(*crd, registry=registry, id="wake")
+    @kopf.on.event(*crd, registry=registry, id="forget")
+    def forget(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+        if namespace is not None and event.get("type") == "DELETED":
+            runtime.forget(namespace, name)
+
+    @kopf.on.event(
+        "coordination.k8s.io", "v1", "leases", labels=WAKE_LEASES, registry=registry, id="wake"
+    )
     async def wake(
         event: kopf.RawEvent,
         body: kopf.Body,
-        spec: kopf.Spec,
-        annotations: kopf.Annotations,
-        name: str,
         namespace: str | None,
+        labels: kopf.Labels,
         logger: kopf.Logger,
         **kwargs: Any,
     ) -> None:
-        if namespace is None:
-            return  # LLMEndpoints and their children are namespaced
-        if event.get("type") == "DELETED":
-            runtime.forget(namespace, name)
+        if namespace is None or event.get("type") == "DELETED":
             return
-        raw = annotations.get(names.WAKE_ANNOTATION)
-        wake_at = parse_rfc3339(raw)
-        state = runtime.state(namespace, name)
+        endpoints: kopf.Index[Any, EndpointRef] = kwargs[ENDPOINTS_INDEX]
+        parent: EndpointRef | None = _first(
+            endpoints.get((namespace, labels.get(names.LABEL_INSTANCE)))
+        )
+        owners = {ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences", [])}
+        if parent is None or parent.deleting or parent.uid not in owners:
+            return
+        raw = (body.get("spec") or {}).get("renewTime")
+        wake_at = wake_signal.requested_at(body)
+        state = runtime.state(namespace, parent.name)
         if wake_at is None or raw == state.wake_seen:
             return
         state.wake_seen = raw
         try:
-            parsed = parse_spec(dict(spec))
+            parsed = parse_spec(parent.spec)
         except SpecError:
             return
-        inference, _ = observe(namespace, name, kwargs)
-        await scale(body, parsed, inference, wake_at, logger)
+        inference, _ = observe(namespace, parent.name, kwargs)
+        holder = wake_signal.requested_by(body) or "a gateway"
+        logger.info("wake requested by %s", holder)
+        await scale(parent.as_object(), parsed, inference, wake_at, logger)
 
     async def restore_child(
         event: kopf.RawEvent,

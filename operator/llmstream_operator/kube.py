@@ -30,6 +30,7 @@ PLURALS: dict[str, str] = {
     "RoleBinding": "rolebindings",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "NetworkPolicy": "networkpolicies",
+    "Lease": "leases",
     names.KIND: names.PLURAL,
 }
 

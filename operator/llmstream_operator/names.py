@@ -1,7 +1,8 @@
 """One place for every name the operator writes: child names, labels, ports, keys.
 
-The resource's own names (group, version, kind, plural, the wake annotation) are shared with
-the gateway and live in `llmstream/resource.py`; they are re-exported here so operator code and
+The resource's own names (group, version, kind, plural) and the wake Lease's name are shared
+with the gateway and live in `llmstream/resource.py` and `llmstream/wake.py`; they are
+re-exported here so operator code and
 its tests keep one import. Other components (the Helm chart, the tests) read these facts from
 here instead of spelling them again.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from llmstream import __version__
+from llmstream import wake as _wake
 from llmstream.resource import API_VERSION as API_VERSION
 from llmstream.resource import CRD_NAME as CRD_NAME
 from llmstream.resource import GROUP as GROUP
@@ -19,7 +21,6 @@ from llmstream.resource import PLURAL as PLURAL
 from llmstream.resource import SHORT_NAME as SHORT_NAME
 from llmstream.resource import SINGULAR as SINGULAR
 from llmstream.resource import VERSION as VERSION
-from llmstream.resource import WAKE_ANNOTATION as WAKE_ANNOTATION
 
 FIELD_MANAGER: Final = "llmstream-operator"
 # kopf's finalizer on LLMEndpoints (it stops the endpoint's autoscaler timer on deletion).
@@ -81,6 +82,11 @@ def inference_name(endpoint: str) -> str:
 def gateway_name(endpoint: str) -> str:
     """Deployment, Service, ServiceAccount, Role, RoleBinding and PDB of the gateway."""
     return f"{endpoint}-{GATEWAY}"
+
+
+# The wake Lease (its component label and name), shared with the gateway.
+WAKE: Final = _wake.COMPONENT
+wake_name = _wake.lease_name
 
 
 def selector_labels(endpoint: str, component: str) -> dict[str, str]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+
+from llmstream.timefmt import rfc3339
 
 from . import names
 
@@ -50,24 +51,6 @@ class EndpointStatus(_Status):
     last_active_time: str | None = None
     observed_generation: int | None = None
     conditions: list[Condition] | None = None
-
-
-def rfc3339(moment: float) -> str:
-    """Epoch seconds -> `2026-01-02T03:04:05Z` (second precision, as Kubernetes writes)."""
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: object) -> float | None:
-    """RFC 3339 text -> epoch seconds; None for anything that is not a timestamp."""
-    if not isinstance(text, str) or not text.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 @dataclass(frozen=True)

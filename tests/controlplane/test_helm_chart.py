@@ -14,8 +14,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import yaml
 from chart_support import CHART, ROOT
 from testsupport import GROUP_PATH, closed_port, pod_address_map, poll_until
 
+from llmstream.wake import lease_name, wake_patch
 from tools.cluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
@@ -256,14 +257,16 @@ def test_operator_with_the_charts_cluster_identity_reconciles_the_cpu_example(
         image = inference["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image == "llmstream/inference:0.1.0"
 
-        # A wake (what a gateway holding a stream does) scales up from zero: patch rights
-        # on Deployments and status through the chart's RBAC.
-        wake = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        api.patch(
-            f"{GROUP_PATH}/namespaces/{workload}/llmendpoints/{name}",
-            json={"metadata": {"annotations": {"llmstream.dev/wake-requested-at": wake}}},
+        # A wake (what a gateway holding a stream does) scales up from zero: the chart's
+        # RBAC lets the operator create and watch the Lease and patch Deployments and status.
+        lease = f"/apis/coordination.k8s.io/v1/namespaces/{workload}/leases/{lease_name(name)}"
+        wait_for("the wake Lease", lambda: api.get(lease).status_code == 200)
+        renewed = api.patch(
+            lease,
+            json=wake_patch(f"{name}-gateway-0", time.time()),
             headers={"Content-Type": "application/merge-patch+json"},
         )
+        assert renewed.status_code == 200, renewed.text
         ready = wait_for("the woken endpoint to be Ready", phase_is(api, workload, name, "Ready"))
         assert ready["readyReplicas"] == 1
         assert running.forbidden_lines() == []

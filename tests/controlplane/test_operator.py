@@ -17,6 +17,8 @@ import pytest
 from netguard import NetGuard
 from testsupport import CLUSTER_ROLE, GROUP_PATH, closed_port, pod_address_map, poll_until
 
+from llmstream.wake import lease_name as wake_name
+from llmstream.wake import wake_patch
 from tools.cluster import components, manifests
 from tools.cluster.controlplane import ControlPlane
 
@@ -344,8 +346,11 @@ def test_an_operator_restart_mid_reconcile_converges_without_duplicates(
     assert len(pods(api, namespace, "restart", "inference")) == 1
 
 
-def test_the_wake_annotation_scales_an_idle_endpoint_from_zero_to_one(
-    operator: Operator, api: httpx.Client, namespace: str
+def test_the_gateway_token_renews_the_wake_lease_and_the_endpoint_scales_from_zero(
+    operator: Operator,
+    control_plane: ControlPlane,
+    api: httpx.Client,
+    namespace: str,
 ) -> None:
     spec = {"resources": {"gpus": 0}, "scaling": {"minReplicas": 0, "maxReplicas": 2}}
     create_endpoint(api, namespace, endpoint("sleepy", spec))
@@ -359,19 +364,23 @@ def test_the_wake_annotation_scales_an_idle_endpoint_from_zero_to_one(
 
     wait_for("LLMEndpoint sleepy to settle at zero replicas", scaled_to_zero)
 
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # Exactly what a gateway pod sends, with the gateway's own identity.
+    token = control_plane.kubectl(
+        "-n", namespace, "create", "token", "sleepy-gateway", "--duration=10m"
+    ).stdout.strip()
     woken_at = time.monotonic()
-    patched = api.patch(
-        f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/sleepy",
-        json={"metadata": {"annotations": {"llmstream.dev/wake-requested-at": stamp}}},
-        headers=MERGE_PATCH,
-    )
-    assert patched.status_code == 200, patched.text
+    with control_plane.api(token=token) as gateway:
+        renewed = gateway.patch(
+            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{wake_name('sleepy')}",
+            json=wake_patch("sleepy-gateway-0", time.time()),
+            headers=MERGE_PATCH,
+        )
+    assert renewed.status_code == 200, renewed.text
 
     def one_replica() -> bool:
         return bool((get(api, path) or {}).get("spec", {}).get("replicas") == 1)
 
-    wait_for("the wake annotation to scale the inference Deployment to 1", one_replica, 30)
+    wait_for("the wake Lease to scale the inference Deployment to 1", one_replica, 30)
     latency = time.monotonic() - woken_at
     wait_for("LLMEndpoint sleepy to be Ready again", lambda: ready_status(api, namespace, "sleepy"))
     ready_latency = time.monotonic() - woken_at

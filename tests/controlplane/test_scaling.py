@@ -24,9 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import pytest
@@ -35,7 +34,9 @@ from servers import InferenceProcess, free_port, inference_server
 from testsupport import CLUSTER_ROLE, GROUP_PATH, poll_until
 from websockets.sync.client import ClientConnection, connect
 
-from llmstream.resource import WAKE_ANNOTATION
+from llmstream.timefmt import parse_rfc3339
+from llmstream.wake import lease_name as wake_name
+from llmstream.wake import requested_at, wake_patch
 from tools.cluster import components, manifests
 from tools.cluster.controlplane import ControlPlane
 from tools.cluster.processes import Supervisor
@@ -283,6 +284,13 @@ def endpoint_body(api: httpx.Client, namespace: str, name: str) -> dict[str, Any
     return body
 
 
+def lease_body(api: httpx.Client, namespace: str, name: str) -> dict[str, Any]:
+    """The endpoint's wake Lease (the operator creates it with the other children)."""
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{wake_name(name)}"
+    body = wait_for(f"the wake Lease of {namespace}/{name}", lambda: get(api, path))
+    return cast(dict[str, Any], body)
+
+
 def inference_replicas(api: httpx.Client, namespace: str, name: str) -> int | None:
     deployment = get(api, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}-inference")
     replicas: int | None = ((deployment or {}).get("spec") or {}).get("replicas")
@@ -350,10 +358,6 @@ def conditions(status: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["status"] for c in status.get("conditions") or []}
 
 
-def rfc3339_seconds(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 # --- tests -----------------------------------------------------------------------------------
 
 
@@ -367,9 +371,7 @@ def test_a_stream_held_at_zero_wakes_the_endpoint_and_completes_on_the_discovere
     create_endpoint(api, namespace, "chat", {})
     wait_for("LLMEndpoint chat to settle at zero", lambda: settled_at_zero(api, namespace, "chat"))
     gateway = local_gateway(namespace, "chat")
-    assert WAKE_ANNOTATION not in (
-        endpoint_body(api, namespace, "chat")["metadata"].get("annotations") or {}
-    )
+    assert requested_at(lease_body(api, namespace, "chat")) is None
 
     with connect(gateway.ws_url, open_timeout=10) as ws:
         sent, sent_wall = time.monotonic(), time.time()
@@ -377,11 +379,10 @@ def test_a_stream_held_at_zero_wakes_the_endpoint_and_completes_on_the_discovere
         queued = json.loads(ws.recv(timeout=10))
         assert queued == {"type": "queued", "id": "q1", "reason": "warming", "position": 1}
 
-        def wake_requested() -> str | None:
-            annotations = endpoint_body(api, namespace, "chat")["metadata"].get("annotations")
-            return (annotations or {}).get(WAKE_ANNOTATION)
+        def wake_requested() -> float | None:
+            return requested_at(lease_body(api, namespace, "chat"))
 
-        stamp = wait_for("the gateway to patch the wake annotation", wake_requested, 30)
+        stamp = wait_for("the gateway to renew the wake Lease", wake_requested, 30)
         annotated = time.monotonic() - sent
         wait_for(
             "the operator to scale chat-inference to 1",
@@ -396,8 +397,8 @@ def test_a_stream_held_at_zero_wakes_the_endpoint_and_completes_on_the_discovere
     assert tokens, frames
     assert frames[-1]["type"] == "done", frames
     assert frames[-1]["usage"]["completion_tokens"] >= len(tokens)  # frames may coalesce tokens
-    assert sent_wall - 1 <= rfc3339_seconds(stamp) <= time.time()  # whole seconds
-    assert f"asked to wake endpoint {namespace}/chat" in gateway.output()
+    assert sent_wall <= stamp <= time.time()
+    assert f"asked to wake: renewed lease {namespace}/chat-wake" in gateway.output()
     assert "inference replicas 0 -> 1 (wake)" in scaled_events(api, namespace, "chat")
 
     [pod] = ready_pods(api, namespace, "chat", "inference")
@@ -413,7 +414,7 @@ def test_a_stream_held_at_zero_wakes_the_endpoint_and_completes_on_the_discovere
     )
 
 
-def test_the_gateway_account_may_touch_only_its_own_endpoint(
+def test_the_gateway_account_may_wake_its_own_endpoint_and_change_nothing(
     operator: Operator,
     control_plane: ControlPlane,
     api: httpx.Client,
@@ -424,22 +425,54 @@ def test_the_gateway_account_may_touch_only_its_own_endpoint(
     create_endpoint(api, namespace, "other", {})
     kubeconfig = gateway_kubeconfig(control_plane, namespace, "mine", tmp_path)
     token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
-    wake = {"metadata": {"annotations": {WAKE_ANNOTATION: "2026-01-01T00:00:00Z"}}}
+    wake = wake_patch("mine-gateway-0", time.time())
     endpoints = f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints"
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    wait_for("the wake Leases", lambda: get(api, f"{leases}/other-wake"))
+    # What a compromised gateway pod would try: run its own image with the namespace's Secrets.
+    takeover = {
+        "spec": {
+            "image": "registry.invalid/evil:1",
+            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        }
+    }
 
+    spec_before = endpoint_body(api, namespace, "mine")["spec"]
     with control_plane.api(token=token) as gateway_api:
         allowed = {
-            "get its endpoint": gateway_api.get(f"{endpoints}/mine"),
-            "patch its endpoint": gateway_api.patch(
-                f"{endpoints}/mine", json=wake, headers=MERGE_PATCH
+            "renew its wake Lease": gateway_api.patch(
+                f"{leases}/mine-wake", json=wake, headers=MERGE_PATCH
             ),
             "list EndpointSlices": gateway_api.get(
                 f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
             ),
         }
         refused = {
-            "patch another endpoint": gateway_api.patch(
-                f"{endpoints}/other", json=wake, headers=MERGE_PATCH
+            "patch its endpoint's spec": gateway_api.patch(
+                f"{endpoints}/mine", json=takeover, headers=MERGE_PATCH
+            ),
+            "annotate its endpoint": gateway_api.patch(
+                f"{endpoints}/mine",
+                json={"metadata": {"annotations": {"x": "y"}}},
+                headers=MERGE_PATCH,
+            ),
+            "get its endpoint": gateway_api.get(f"{endpoints}/mine"),
+            "renew another endpoint's Lease": gateway_api.patch(
+                f"{leases}/other-wake", json=wake, headers=MERGE_PATCH
+            ),
+            "create a Lease": gateway_api.post(
+                leases,
+                json={
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": "mine-wake-2"},
+                },
+            ),
+            "delete its Lease": gateway_api.delete(f"{leases}/mine-wake"),
+            "edit its own Role": gateway_api.patch(
+                f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/mine-gateway",
+                json={"rules": []},
+                headers=MERGE_PATCH,
             ),
             "get another endpoint": gateway_api.get(f"{endpoints}/other"),
             "list endpoints": gateway_api.get(endpoints),
@@ -453,8 +486,10 @@ def test_the_gateway_account_may_touch_only_its_own_endpoint(
     assert {what: r.status_code for what, r in refused.items()} == dict.fromkeys(refused, 403)
     identity = f"system:serviceaccount:{namespace}:mine-gateway"
     assert all(identity in r.json()["message"] for r in refused.values())
-    other = endpoint_body(api, namespace, "other")
-    assert WAKE_ANNOTATION not in (other["metadata"].get("annotations") or {})
+    mine = endpoint_body(api, namespace, "mine")
+    assert mine["spec"] == spec_before
+    assert "x" not in (mine["metadata"].get("annotations") or {})
+    assert requested_at(lease_body(api, namespace, "other")) is None
 
 
 def test_an_idle_endpoint_scales_back_to_zero_after_its_last_stream(
@@ -506,7 +541,7 @@ def test_an_idle_endpoint_scales_back_to_zero_after_its_last_stream(
     assert status["replicas"] == status["readyReplicas"] == status["desiredReplicas"] == 0
     assert "inference replicas 1 -> 0 (idle)" in scaled_events(api, namespace, "idle")
     # The last stream's end as the gateway reported it, then idleSeconds of quiet.
-    assert zero_wall - rfc3339_seconds(status["lastActiveTime"]) >= idle_seconds
+    assert zero_wall - (parse_rfc3339(status["lastActiveTime"]) or 0.0) >= idle_seconds
     print(
         f"idle to zero: {client.completed} streams served, replicas=0 {after_last_stream:.2f}s "
         f"after the last stream ended (idleSeconds={idle_seconds}, "

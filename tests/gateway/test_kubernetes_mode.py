@@ -1,4 +1,4 @@
-"""Kubernetes mode against a fake API server on loopback: EndpointSlice watch and wake patch."""
+"""Kubernetes mode against a fake API server on loopback: EndpointSlice watch and the wake Lease."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def endpoint_slice(name: str, address: str, port: int, ready: bool) -> dict[str,
 
 @dataclass
 class FakeApiServer:
-    """Just enough of kube-apiserver: list/watch EndpointSlices, patch LLMEndpoints."""
+    """Just enough of kube-apiserver: list/watch EndpointSlices, patch Leases."""
 
     slices: list[dict[str, Any]] = field(default_factory=list)
     events: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
@@ -60,10 +60,10 @@ class FakeApiServer:
             event = await self.events.get()
             await response.write(json.dumps(event).encode() + b"\n")
 
-    async def patch_endpoint(self, request: web.Request) -> web.Response:
+    async def patch_lease(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.patches.append((request.match_info["name"], request.content_type, body))
-        return web.json_response({"apiVersion": "llmstream.dev/v1alpha1", "kind": "LLMEndpoint"})
+        return web.json_response({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"})
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -71,7 +71,7 @@ class FakeApiServer:
             "/apis/discovery.k8s.io/v1/namespaces/ml/endpointslices", self.endpoint_slices
         )
         app.router.add_patch(
-            "/apis/llmstream.dev/v1alpha1/namespaces/ml/llmendpoints/{name}", self.patch_endpoint
+            "/apis/coordination.k8s.io/v1/namespaces/ml/leases/{name}", self.patch_lease
         )
         return app
 
@@ -113,10 +113,15 @@ async def test_discovery_follows_endpoint_slice_readiness(api_server):
     assert api_server.selectors[0] == "kubernetes.io/service-name=chat-inference"
 
 
-async def test_waker_patches_the_annotation_at_most_once_per_second(api_server):
+async def test_waker_renews_the_wake_lease_at_most_once_per_second(api_server):
     now = [100.0]
     waker = KubernetesWaker(
-        api_server.configuration(), "ml", "chat", clock=lambda: now[0], wall_clock=lambda: 0.0
+        api_server.configuration(),
+        "ml",
+        "chat",
+        clock=lambda: now[0],
+        wall_clock=lambda: 0.25,
+        identity="chat-gateway-7d9f-x2",
     )
     waker.request_wake()
     waker.request_wake()
@@ -129,10 +134,13 @@ async def test_waker_patches_the_annotation_at_most_once_per_second(api_server):
     await waker.close()
     assert len(api_server.patches) == 2
     name, content_type, body = api_server.patches[0]
-    assert name == "chat"
+    assert name == "chat-wake"
     assert content_type == "application/merge-patch+json"
     assert body == {
-        "metadata": {"annotations": {"llmstream.dev/wake-requested-at": "1970-01-01T00:00:00Z"}}
+        "spec": {
+            "holderIdentity": "chat-gateway-7d9f-x2",
+            "renewTime": "1970-01-01T00:00:00.250000Z",
+        }
     }
 
 
@@ -162,6 +170,6 @@ async def test_a_held_stream_wakes_the_endpoint_and_runs_once_a_pod_is_ready(
             api_server.events.put_nowait({"type": "ADDED", "object": ready})
             frames = await collect(ws, "q1")
         assert frames[-1]["type"] == "done"
-        assert api_server.patches[0][0] == "chat"
+        assert api_server.patches[0][0] == "chat-wake"
     finally:
         await runner.cleanup()

@@ -107,6 +107,7 @@ def test_children_are_every_kind_of_the_architecture() -> None:
         ("ServiceAccount", "qa-gateway"),
         ("Role", "qa-gateway"),
         ("RoleBinding", "qa-gateway"),
+        ("Lease", "qa-wake"),
         ("Service", "qa-inference"),
         ("NetworkPolicy", "qa-inference"),
         ("Deployment", "qa-inference"),
@@ -135,7 +136,7 @@ def test_every_child_is_owned_by_the_endpoint_and_labelled(raw: dict[str, Any]) 
         assert meta["labels"]["app.kubernetes.io/instance"] == "qa"
         assert meta["labels"]["app.kubernetes.io/part-of"] == "llmstream"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "llmstream-operator"
-        assert meta["labels"]["app.kubernetes.io/component"] in {"inference", "gateway"}
+        assert meta["labels"]["app.kubernetes.io/component"] in {"inference", "gateway", "wake"}
 
 
 def inference(raw: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
@@ -379,12 +380,14 @@ def test_gateway_role_is_least_privilege() -> None:
             "verbs": ["get", "list", "watch"],
         },
         {
-            "apiGroups": ["llmstream.dev"],
-            "resources": ["llmendpoints"],
-            "resourceNames": ["qa"],
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["qa-wake"],
             "verbs": ["get", "patch"],
         },
     ]
+    # Nothing on the LLMEndpoint: a gateway's identity cannot edit the spec the operator runs.
+    assert not [r for r in role["rules"] if "llmstream.dev" in r["apiGroups"]]
     binding = builders.gateway_role_binding(OWNER)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

@@ -21,11 +21,12 @@ from typing import Any
 import aiohttp.web
 import kmock
 import pytest
+from llmstream.timefmt import rfc3339
+from llmstream.wake import wake_patch
 from llmstream_operator import names
 from llmstream_operator.app import OperatorThread, create_runtime
 from llmstream_operator.kube import KubeAccess
 from llmstream_operator.runtime import OperatorRuntime, OperatorSettings
-from llmstream_operator.status import rfc3339
 
 NAMESPACE = "team-a"
 TIMEOUT = 15.0
@@ -39,6 +40,7 @@ ROLES = kmock.resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = kmock.resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 PDBS = kmock.resource("policy", "v1", "poddisruptionbudgets")
 NETWORK_POLICIES = kmock.resource("networking.k8s.io", "v1", "networkpolicies")
+LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 EVENTS = kmock.resource("", "v1", "events")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
@@ -52,6 +54,7 @@ KINDS = {
     ROLE_BINDINGS: ("RoleBinding", set()),
     PDBS: ("PodDisruptionBudget", {"status"}),
     NETWORK_POLICIES: ("NetworkPolicy", set()),
+    LEASES: ("Lease", set()),
     SLICES: ("EndpointSlice", set()),
     EVENTS: ("Event", set()),
 }
@@ -351,15 +354,14 @@ async def test_an_edited_child_is_put_back(cluster: Cluster) -> None:
 
 
 @pytest.mark.parametrize("interval", [600.0])
-async def test_a_wake_annotation_scales_from_zero_at_once(cluster: Cluster) -> None:
+async def test_a_renewed_wake_lease_scales_from_zero_at_once(cluster: Cluster) -> None:
     # The timer ticks once at start and then not for ten minutes, and the gateway reports no
     # load: only the wake handler can explain a scale-up within the test's timeout.
     await cluster.create_endpoint(scaling={"idleSeconds": 600})
     await cluster.until("the inference Deployment at zero", lambda: replicas(cluster) == 0)
-    path = f"/apis/{names.API_VERSION}/namespaces/{NAMESPACE}/{names.PLURAL}/qa"
-    await cluster.patch(
-        path, {"metadata": {"annotations": {names.WAKE_ANNOTATION: rfc3339(time.time())}}}
-    )
+    await cluster.until("the wake Lease", lambda: cluster.get(LEASES, "qa-wake"))
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/qa-wake"
+    await cluster.patch(path, wake_patch("qa-gateway-0", time.time()))
     await cluster.until("one replica", lambda: replicas(cluster) == 1)
     metrics = cluster.runtime.metrics
     woken = metrics.scale_events.labels(NAMESPACE, "qa", "up", "wake")

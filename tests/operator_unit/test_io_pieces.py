@@ -21,7 +21,6 @@ from llmstream_operator.status import (
     Observation,
     compute_status,
     deployment_view,
-    parse_rfc3339,
     status_changes,
 )
 from testsupport import require_tool
@@ -204,20 +203,6 @@ def test_deployment_view_reads_spec_status_and_failures() -> None:
     assert deployment_view(body) == DeploymentView(
         replicas=2, ready=1, current=2, failure="ProgressDeadlineExceeded: timed out"
     )
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("1970-01-01T00:01:40Z", 100.0),
-        ("1970-01-01T00:01:40+00:00", 100.0),
-        ("soon", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_rfc3339(text: object, expected: float | None) -> None:
-    assert parse_rfc3339(text) == expected
 
 
 # --- kube -----------------------------------------------------------------------------
