@@ -16,4 +16,3 @@ PLURAL: Final = "llmendpoints"
 SINGULAR: Final = "llmendpoint"
 SHORT_NAME: Final = "llmep"
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
-

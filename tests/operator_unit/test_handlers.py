@@ -21,12 +21,13 @@ from typing import Any
 import aiohttp.web
 import kmock
 import pytest
-from llmstream.timefmt import rfc3339
-from llmstream.wake import wake_patch
 from llmstream_operator import names
 from llmstream_operator.app import OperatorThread, create_runtime
 from llmstream_operator.kube import KubeAccess
 from llmstream_operator.runtime import OperatorRuntime, OperatorSettings
+
+from llmstream.timefmt import rfc3339
+from llmstream.wake import wake_patch
 
 NAMESPACE = "team-a"
 TIMEOUT = 15.0
