@@ -114,7 +114,8 @@ def test_serve_refuses_a_kubeconfig_it_cannot_read(tmp_path, capsys):
 
 
 class RecordingApiServer:
-    """EndpointSlice list/watch and LLMEndpoint patch, remembering each request's credentials."""
+    """EndpointSlice list/watch and the wake Lease patch, remembering each request's
+    credentials."""
 
     def __init__(self, slices: list[dict[str, Any]]) -> None:
         self.slices = slices
@@ -154,9 +155,7 @@ async def recording_api() -> AsyncIterator[tuple[RecordingApiServer, str]]:
     app.router.add_get(
         "/apis/discovery.k8s.io/v1/namespaces/ml/endpointslices", server.endpoint_slices
     )
-    app.router.add_patch(
-        "/apis/llmstream.dev/v1alpha1/namespaces/ml/llmendpoints/{name}", server.patch
-    )
+    app.router.add_patch("/apis/coordination.k8s.io/v1/namespaces/ml/leases/{name}", server.patch)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     port = free_port()
@@ -199,5 +198,5 @@ async def test_discovery_and_wake_use_the_kubeconfig_and_reach_mapped_backends(
         task.cancel()
     assert list(known.backends) == ["http://127.0.0.1:18000"]
     assert "backend http://10.244.0.9:8000 is reached at http://127.0.0.1:18000" in caplog.text
-    assert server.patched == ["chat"]
+    assert server.patched == ["chat-wake"]
     assert set(server.authorizations) == {"Bearer gw-token"}
