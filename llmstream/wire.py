@@ -25,6 +25,12 @@ GATEWAY_SHUTDOWN_DRAIN_S = 20.0
 SSE_HEARTBEAT = b": keepalive\n\n"
 # Largest request body / WebSocket frame either server reads (a bigger one is refused unread).
 MAX_BODY_BYTES = 1 << 20
+# Slow peers (slowloris): a request's head (request line + headers) must arrive within
+# HEADER_TIMEOUT_S of the connection opening, or of the first byte of a later request on it;
+# its body within BODY_TIMEOUT_S of the head. Else either server answers 408 and closes the
+# connection. Responses under way (SSE streams, WebSockets) are never timed.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
 # A prompt longer than this many characters per token of context is refused before it is
 # tokenized: no tokenizer makes tokens that long, so it could not fit, and tokenizing a huge
 # text first would cost seconds for nothing.
@@ -179,6 +185,34 @@ class GenerateResult(BaseModel):
     finish_reason: FinishReason
     usage: Usage
     timing: Timing
+
+
+def header_timeout_message(timeout_s: float) -> str:
+    """The 408 message of a request head that did not arrive in time."""
+    return (
+        f"the request line and headers did not arrive within {timeout_s:g} s; "
+        "send the whole request at once"
+    )
+
+
+def body_timeout_message(timeout_s: float) -> str:
+    """The 408 message of a request body that did not arrive in time."""
+    return (
+        f"the request body did not arrive within {timeout_s:g} s of its headers; "
+        "send the whole request at once"
+    )
+
+
+def request_timeout_response(body: bytes) -> bytes:
+    """A whole `408 Request Timeout` response with a JSON `body`, announcing the close: what
+    a server writes itself when no complete request head came that its framework could
+    answer."""
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:

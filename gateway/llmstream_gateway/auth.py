@@ -62,7 +62,10 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
         return True
     if "*" in allowed or origin.rstrip("/") in allowed:
         return True
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # not a URL at all (`http://[`): no page of this gateway
+        return False
     return bool(host) and parts.scheme in ("http", "https") and parts.netloc == host
 
 

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from llmstream.envargs import add_env_argument
-from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S, MAX_BODY_BYTES, SSE_HEARTBEAT_S
+from llmstream.wire import (
+    BODY_TIMEOUT_S,
+    GATEWAY_SHUTDOWN_DRAIN_S,
+    HEADER_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    SSE_HEARTBEAT_S,
+)
 
 from .config import DEFAULT_BACKEND_CONNECT_TIMEOUT_S, DEFAULT_BACKEND_READ_TIMEOUT_S, DEFAULT_PORT
 
@@ -130,6 +136,20 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_env_argument(
         parser, "--max-frame-bytes", type=int, default=MAX_BODY_BYTES, help="largest client frame"
     )
+    add_env_argument(
+        parser,
+        "--header-timeout",
+        type=_positive_float,
+        default=HEADER_TIMEOUT_S,
+        help="seconds a request's line and headers may take to arrive (then 408)",
+    )
+    add_env_argument(
+        parser,
+        "--body-timeout",
+        type=_positive_float,
+        default=BODY_TIMEOUT_S,
+        help="seconds a request body may take to arrive after its headers (then 408)",
+    )
     parser.add_argument(
         "--allowed-origin",
         action="append",
@@ -218,6 +238,8 @@ def _serve(args: argparse.Namespace) -> int:
             api_key_file=args.api_key_file,
             idle_timeout_s=args.idle_timeout,
             max_frame_bytes=args.max_frame_bytes,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
             backend_connect_timeout_s=args.backend_connect_timeout,
             allowed_origins=tuple(
                 o.rstrip("/")

@@ -14,7 +14,13 @@ from pydantic import (
 )
 
 from llmstream.addressmap import AddressMapping
-from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S, MAX_BODY_BYTES, SSE_HEARTBEAT_S
+from llmstream.wire import (
+    BODY_TIMEOUT_S,
+    GATEWAY_SHUTDOWN_DRAIN_S,
+    HEADER_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    SSE_HEARTBEAT_S,
+)
 
 DEFAULT_PORT = 8080
 DEFAULT_BACKEND_CONNECT_TIMEOUT_S = 5.0
@@ -43,6 +49,8 @@ class GatewayConfig(BaseModel):
     api_key_file: Path | None = None  # re-read when it changes (a mounted Secret rotates)
     idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_frame_bytes: Annotated[int, Field(ge=1024)] = MAX_BODY_BYTES
+    header_timeout_s: Annotated[float, Field(gt=0)] = HEADER_TIMEOUT_S
+    body_timeout_s: Annotated[float, Field(gt=0)] = BODY_TIMEOUT_S
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
     probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
     backend_connect_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_BACKEND_CONNECT_TIMEOUT_S

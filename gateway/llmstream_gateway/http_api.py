@@ -7,10 +7,14 @@ cold-start timeout, bad request at the backend) is answered with a proper HTTP s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 from pydantic import ValidationError
 
 from llmstream import jsonin
@@ -20,6 +24,7 @@ from llmstream.wire import (
     ErrorEvent,
     GenerateRequest,
     GenerateResult,
+    body_timeout_message,
     describe_validation_error,
 )
 
@@ -52,17 +57,80 @@ def error_response(
     headers = {}
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(retry_after_s)))
-    body = {"error": {"code": code.value, "message": message, "type": code.value}}
-    return web.json_response(body, status=STATUS_BY_CODE[code], headers=headers)
+    return web.json_response(
+        error_body(code, message), status=STATUS_BY_CODE[code], headers=headers
+    )
 
 
-async def read_json(request: web.Request) -> object:
-    """The request body as JSON; raises ValueError naming the problem."""
-    raw = await request.read()
+def error_body(code: ErrorCode, message: str) -> dict[str, object]:
+    """`{"error":{"code","message","type"}}`, the body of every error reply."""
+    return {"error": {"code": code.value, "message": message, "type": code.value}}
+
+
+async def read_json(request: web.Request, timeout_s: float) -> object:
+    """The request body as JSON; raises ValueError naming the problem. A body not all there
+    within `timeout_s` raises 408, which closes the connection (`slowpeers`): a client
+    dribbling its body holds no handler, and its request never reaches a backend. A body over
+    the size limit raises 413, before it is read when its Content-Length says so."""
+    if (request.content_length or 0) > request.client_max_size:
+        raise _too_large(request.client_max_size)
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        body = error_body(ErrorCode.INVALID_REQUEST, body_timeout_message(timeout_s))
+        too_slow = web.HTTPRequestTimeout(text=json.dumps(body), content_type="application/json")
+        too_slow.force_close()
+        raise too_slow from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(request.client_max_size) from None
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body is not in
+        reason = getattr(exc.__cause__, "message", None) or str(exc)
+        raise ValueError(f"request body: {reason}") from None
     try:
         return jsonin.loads(raw)
     except jsonin.JsonInputError as exc:
         raise ValueError(f"request body: {exc}") from exc
+
+
+def render_as_error_body(request: BaseRequest, response: StreamResponse) -> None:
+    """aiohttp's own refusals (404 unknown path, 405 wrong method, 417, 400 for a request it
+    cannot parse) carry text; give them the error body every other reply has. Called for
+    every response about to be sent (`slowpeers.HeadDeadlineHandler.finish_response`), since
+    some are made outside any middleware."""
+    if (
+        not isinstance(response, web.Response)
+        or response.prepared
+        or response.status < 400
+        or response.content_type == "application/json"
+    ):
+        return
+    message = f"{request.method} {request.path[:200]}: {response.reason}"
+    response.text = json.dumps(error_body(ErrorCode.INVALID_REQUEST, message))
+    response.content_type = "application/json"
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp does it; any other expectation 417 with the error
+    body (aiohttp's own handler put the value in its text, and a non-UTF-8 one became a 500)."""
+    if request.version != HttpVersion11:
+        return None
+    expectation = request.headers.get(hdrs.EXPECT, "")
+    if expectation.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    body = error_body(ErrorCode.INVALID_REQUEST, "the only Expect understood is 100-continue")
+    return web.json_response(body, status=417)
+
+
+def _too_large(limit: int) -> web.HTTPRequestEntityTooLarge:
+    """413 with the error body; the connection closes, so the rest of the body is not read."""
+    message = f"the request body is over {limit} bytes; send a shorter one"
+    body = json.dumps(error_body(ErrorCode.INVALID_REQUEST, message))
+    too_large = web.HTTPRequestEntityTooLarge(limit, text=body, content_type="application/json")
+    too_large.force_close()
+    return too_large
 
 
 class LazyEventStream:
@@ -137,13 +205,13 @@ class CollectSink:
 
 
 def generate_handler(
-    runner: StreamRunner,
+    runner: StreamRunner, body_timeout_s: float
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """`POST /v1/generate` bound to a runner."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
-            body = GenerateRequest.model_validate(await read_json(request))
+            body = GenerateRequest.model_validate(await read_json(request, body_timeout_s))
         except ValidationError as exc:
             return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))
         except ValueError as exc:

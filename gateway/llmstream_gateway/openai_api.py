@@ -214,14 +214,14 @@ def completion_body(kind: Kind, model: str, stream_id: str, sink: CollectSink) -
 
 
 def completions_handler(
-    runner: StreamRunner, kind: Kind, default_model: Callable[[], str]
+    runner: StreamRunner, kind: Kind, default_model: Callable[[], str], body_timeout_s: float
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """`POST /v1/chat/completions` (kind `chat`) or `POST /v1/completions`."""
     model_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
-            body = model_cls.model_validate(await read_json(request))
+            body = model_cls.model_validate(await read_json(request, body_timeout_s))
             native = body.to_native()
         except ValidationError as exc:
             return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))

@@ -8,6 +8,7 @@ import gc
 import importlib.resources
 import logging
 import random
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,14 +25,17 @@ from .auth import RotatingKey, key_accepted, origin_allowed, presented_key, reda
 from .backends import BackendSet
 from .config import GatewayConfig
 from .discovery import StaticDiscovery
-from .http_api import error_response, generate_handler
+from .http_api import error_response, expect_continue, generate_handler
 from .metrics import GatewayMetrics
 from .openai_api import ModelCatalog, completions_handler
+from .slowpeers import SlowPeerRunner
 from .streams import StreamRunner
 from .ws import Connections, serve_websocket
 
 log = logging.getLogger("llmstream.gateway")
 LISTEN_BACKLOG = 4096
+# Seconds an idle keep-alive connection stays open (aiohttp's run_app default).
+KEEPALIVE_TIMEOUT_S = 75.0
 # Paths that never need the API key: probes, metrics, the page (its script sends the key) and
 # the load report, which tells what /metrics tells; the operator's autoscaler reads it with no
 # key, so an endpoint with `apiKeySecretRef` still scales on load and to zero.
@@ -156,13 +160,19 @@ class Gateway:
         )
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        return await generate_handler(self.runner)(request)
+        return await generate_handler(self.runner, self.config.body_timeout_s)(request)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await completions_handler(self.runner, "chat", self._model_name)(request)
+        handle = completions_handler(
+            self.runner, "chat", self._model_name, self.config.body_timeout_s
+        )
+        return await handle(request)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await completions_handler(self.runner, "completion", self._model_name)(request)
+        handle = completions_handler(
+            self.runner, "completion", self._model_name, self.config.body_timeout_s
+        )
+        return await handle(request)
 
     def _model_name(self) -> str:
         return self._catalog.default_model() if self._catalog else self.config.endpoint
@@ -244,16 +254,22 @@ def create_app(
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)
     app.on_shutdown.append(gateway.shut_down)
-    app.router.add_get("/v1/ws", gateway.websocket)
-    app.router.add_post("/v1/generate", gateway.generate)
-    app.router.add_post("/v1/chat/completions", gateway.chat_completions)
-    app.router.add_post("/v1/completions", gateway.completions)
-    app.router.add_get("/v1/models", gateway.models)
-    app.router.add_get("/v1/load", gateway.load)
-    app.router.add_get("/healthz", gateway.healthz)
-    app.router.add_get("/readyz", gateway.readyz)
-    app.router.add_get("/metrics", gateway.metrics_page)
-    app.router.add_get("/", gateway.index)
+    routes = [
+        ("GET", "/v1/ws", gateway.websocket),
+        ("POST", "/v1/generate", gateway.generate),
+        ("POST", "/v1/chat/completions", gateway.chat_completions),
+        ("POST", "/v1/completions", gateway.completions),
+        ("GET", "/v1/models", gateway.models),
+        ("GET", "/v1/load", gateway.load),
+        ("GET", "/healthz", gateway.healthz),
+        ("GET", "/readyz", gateway.readyz),
+        ("GET", "/metrics", gateway.metrics_page),
+        ("GET", "/", gateway.index),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
+        if method == "GET":  # add_get's HEAD twin
+            app.router.add_route("HEAD", path, handler, expect_handler=expect_continue)
     return app
 
 
@@ -271,10 +287,18 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )
 
 
-def app_runner(app: web.Application) -> web.AppRunner:
+def app_runner(app: web.Application, *, shutdown_timeout: float = 60.0) -> web.AppRunner:
     """The runner every gateway uses: handlers are cancelled when their client disconnects
-    (so held and streaming requests notice), and the access log never shows the API key."""
-    return web.AppRunner(app, handler_cancellation=True, access_log_class=RedactingAccessLogger)
+    (so held and streaming requests notice), the access log never shows the API key, and
+    slow peers get 408 (`--header-timeout`, see `slowpeers`)."""
+    return SlowPeerRunner(
+        app,
+        header_timeout_s=app[GATEWAY].config.header_timeout_s,
+        handler_cancellation=True,
+        access_log_class=RedactingAccessLogger,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+        shutdown_timeout=shutdown_timeout,
+    )
 
 
 def tune_gc() -> None:
@@ -300,19 +324,26 @@ def serve(config: GatewayConfig, host: str, port: int) -> None:
         from .k8s import kubeconfig_configuration
 
         kube_configuration = asyncio.run(kubeconfig_configuration(config.kubeconfig))
-    loop = loop_factory() if loop_factory else asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
+        loop_runner.run(_serve_until_signalled(config, host, port, kube_configuration))
+
+
+async def _serve_until_signalled(
+    config: GatewayConfig, host: str, port: int, kube_configuration: Any
+) -> None:
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     tune_gc()
-    web.run_app(
-        create_app(config, kube_configuration=kube_configuration),
-        host=host,
-        port=port,
-        access_log_class=RedactingAccessLogger,
-        handler_cancellation=True,
-        # on_shutdown drains the streams first; this covers HTTP streams (SSE) the same way.
-        shutdown_timeout=config.shutdown_drain_s + 5.0,
+    app = create_app(config, kube_configuration=kube_configuration)
+    # on_shutdown drains the streams first; this covers HTTP streams (SSE) the same way.
+    runner = app_runner(app, shutdown_timeout=config.shutdown_drain_s + 5.0)
+    await runner.setup()
+    try:
         # Clients reconnecting after a restart arrive in bursts; 128 would drop SYNs.
-        backlog=LISTEN_BACKLOG,
-        print=lambda text: log.info("%s", text),
-        loop=loop,
-    )
+        site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
+        await site.start()
+        log.info("serving on %s", site.name)
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # closes the listener, drains (on_shutdown), then cleans up

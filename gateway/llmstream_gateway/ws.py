@@ -25,6 +25,7 @@ from llmstream.wire import (
 )
 
 from .config import GatewayConfig
+from .http_api import error_response
 from .metrics import GatewayMetrics
 from .protocol import (
     PLAIN_DONE,
@@ -261,12 +262,20 @@ async def serve_websocket(
     metrics: GatewayMetrics,
     authorized: bool,
     connections: Connections | None = None,
-) -> web.WebSocketResponse:
-    """Upgrade, check the key (close 4401 after an `unauthorized` error frame), then serve."""
+) -> web.StreamResponse:
+    """Upgrade, check the key (close 4401 after an `unauthorized` error frame), then serve.
+    A request that is no WebSocket handshake gets 400 with the error body."""
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat_s, max_msg_size=config.max_frame_bytes, compress=False
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except web.HTTPBadRequest as exc:
+        reason = " ".join((exc.text or "").split())
+        return error_response(
+            ErrorCode.INVALID_REQUEST,
+            f"/v1/ws takes WebSocket connections only ({reason}); connect with a WebSocket client",
+        )
     if not authorized:
         await ws.send_str(error_frame(None, ErrorCode.UNAUTHORIZED, "missing or wrong API key"))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")

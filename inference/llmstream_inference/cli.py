@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmstream.envargs import add_env_argument, parse_bool
-from llmstream.wire import MAX_BODY_BYTES
+from llmstream.wire import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY_BYTES
 
 
 def register(commands: Any) -> None:
@@ -75,6 +75,20 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     add_env_argument(
         p, "--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request body"
     )
+    add_env_argument(
+        p,
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_S,
+        help="seconds a request's line and headers may take to arrive (then 408)",
+    )
+    add_env_argument(
+        p,
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT_S,
+        help="seconds a request body may take to arrive after its headers (then 408)",
+    )
     add_env_argument(p, "--log-level", default="info", help="debug | info | warning")
 
 
@@ -87,6 +101,9 @@ def _check_limits(args: argparse.Namespace) -> str | None:
     for name in ("max_waiting", "max_context_tokens", "threads"):
         if getattr(args, name) < 0:
             return f"--{name.replace('_', '-')} must not be negative (got {getattr(args, name)})"
+    for name in ("header_timeout", "body_timeout"):
+        if not getattr(args, name) > 0:
+            return f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})"
     if not 0 < args.default_top_p <= 1:
         return f"--default-top-p must be in (0, 1] (got {args.default_top_p})"
     if args.default_temperature < 0:
@@ -149,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
             prefill_chunk_tokens=args.prefill_chunk_tokens,
         ),
         max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
         defaults=Defaults(
             max_new_tokens=args.default_max_new_tokens,
             temperature=args.default_temperature,
@@ -157,6 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     from .shutdown import GracefulServer
+    from .slowpeers import head_deadline_protocol
 
     app = create_app(config)
     grace = int(args.shutdown_grace_seconds)
@@ -167,6 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_level=args.log_level,
             timeout_graceful_shutdown=grace,
+            http=head_deadline_protocol(args.header_timeout),
         ),
         engine=lambda: app.state.llm.engine,
         grace_s=grace,

@@ -18,6 +18,7 @@ class ApiError(Exception):
         *,
         param: str | None = None,
         retry_after_s: int | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -25,6 +26,7 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.retry_after_s = retry_after_s
+        self.close = close  # the connection is closed after the answer (Connection: close)
 
     def body(self) -> dict[str, object]:
         """The JSON body: the protocol's `code` plus OpenAI's `type`/`param` for SDKs."""
@@ -39,7 +41,12 @@ class ApiError(Exception):
         return {"error": error}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+        headers = {}
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(self.retry_after_s)
+        if self.close:
+            headers["Connection"] = "close"
+        return headers
 
 
 def invalid(exc: ValidationError) -> ApiError:

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from llmstream import jsonin
-from llmstream.wire import ErrorCode
+from llmstream.wire import ErrorCode, body_timeout_message
 
 from .engine import Failed, Finished, Stream, TokenDelta
 from .errors import ApiError, invalid
@@ -20,19 +21,30 @@ from .errors import ApiError, invalid
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
     """The body, or 413 as soon as it is known to exceed `max_bytes` (by its Content-Length,
-    or while it streams in): an oversized body is never held in memory whole."""
+    or while it streams in): an oversized body is never held in memory whole. A body not
+    all there within `timeout_s` is 408 and the connection is closed, so a client dribbling
+    its body holds no handler (the request never reaches the engine)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, ErrorCode.INVALID_REQUEST, _too_large(int(declared), max_bytes))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, ErrorCode.INVALID_REQUEST, _too_large(size, max_bytes))
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ApiError(413, ErrorCode.INVALID_REQUEST, _too_large(size, max_bytes))
+                chunks.append(chunk)
+    except TimeoutError:
+        message = body_timeout_message(timeout_s)
+        raise ApiError(408, ErrorCode.INVALID_REQUEST, message, close=True) from None
+    except ClientDisconnect:
+        # The connection ended inside the body (the client left, or the server refused the
+        # rest of it as malformed): no one to answer, and no server error to log.
+        raise ApiError(499, ErrorCode.INVALID_REQUEST, "client closed the request") from None
     return b"".join(chunks)
 
 
@@ -40,10 +52,10 @@ def _too_large(size: int, max_bytes: int) -> str:
     return f"the request body is over {max_bytes} bytes (at least {size}); send a shorter one"
 
 
-async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
-    """Parse a JSON body into `model`; too large is 413, malformed JSON 400, invalid fields
-    422."""
-    raw = await read_body(request, max_bytes)
+async def parse_body(request: Request, model: type[M], max_bytes: int, timeout_s: float) -> M:
+    """Parse a JSON body into `model`; too large is 413, too slow 408, malformed JSON 400,
+    invalid fields 422."""
+    raw = await read_body(request, max_bytes, timeout_s)
     try:
         data = jsonin.loads(raw)
     except jsonin.JsonInputError as exc:

@@ -182,7 +182,9 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = await parse_body(request, ChatCompletionRequest, state.config.max_body_bytes)
+        body = await parse_body(
+            request, ChatCompletionRequest, state.config.max_body_bytes, state.config.body_timeout_s
+        )
         stream = await state.open(_native(body))
         rid = state.next_id("chatcmpl")
         base = {"id": rid, "created": int(time.time()), "model": name}
@@ -217,7 +219,9 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = await parse_body(request, CompletionRequest, state.config.max_body_bytes)
+        body = await parse_body(
+            request, CompletionRequest, state.config.max_body_bytes, state.config.body_timeout_s
+        )
         native = _native(body)
         stream = await state.open(native)
         rid = state.next_id("cmpl")

@@ -17,8 +17,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmstream.wire import (
+    BODY_TIMEOUT_S,
     MAX_BODY_BYTES,
     MAX_CHARS_PER_CONTEXT_TOKEN,
     SSE_HEARTBEAT,
@@ -68,6 +70,7 @@ class ServerConfig:
     warmup: bool = True
     sse_heartbeat_s: float = SSE_HEARTBEAT_S
     max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout_s: float = BODY_TIMEOUT_S
 
 
 class ServerState:
@@ -154,6 +157,20 @@ class ServerState:
             raise ApiError(503, ErrorCode.BACKEND_UNAVAILABLE, str(exc)) from exc
 
 
+API_ROUTES = "POST /v1/generate, /v1/chat/completions, /v1/completions; GET /v1/models"
+
+
+def routing_message(request: Request, exc: StarletteHTTPException) -> str:
+    """What the router refused, and what to send instead."""
+    path = request.url.path[:200]
+    if exc.status_code == 404:
+        return f"there is no {path!r} here; the API is {API_ROUTES}"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("allow", "")
+        return f"{request.method} is not allowed on {path}; use {allowed}"
+    return f"{request.method} {path}: {exc.detail}"
+
+
 def input_chars(request: GenerateInput) -> int:
     """Characters of text a request asks the model to read."""
     texts = [request.prompt, request.question, request.context]
@@ -201,6 +218,21 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The router's 404 and 405, in the error body every other answer has.
+        error = ApiError(exc.status_code, ErrorCode.INVALID_REQUEST, routing_message(request, exc))
+        return JSONResponse(error.body(), status_code=error.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input (that is an ApiError). Starlette re-raises it after this answer
+        # and uvicorn then drops the connection: say so, or a client's pool would reuse it.
+        error = ApiError(
+            500, ErrorCode.INTERNAL, f"internal error ({type(exc).__name__})", close=True
+        )
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         if state.load_error is not None:
@@ -223,7 +255,9 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
 
     @app.post("/v1/generate")
     async def generate(request: Request) -> Response:
-        body = await parse_body(request, GenerateRequest, config.max_body_bytes)
+        body = await parse_body(
+            request, GenerateRequest, config.max_body_bytes, config.body_timeout_s
+        )
         stream = await state.open(body)
         request_id = state.next_id("gen")
         prefix = state.prompts_or_fail().prompt_text(body) if body.params.return_full_text else ""

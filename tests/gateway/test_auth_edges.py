@@ -25,6 +25,8 @@ def test_the_key_is_redacted_however_its_name_is_escaped(target):
         ("https://evil.example", "gw:8080", (), False),
         ("http://gw:8081", "gw:8080", (), False),
         ("null", "gw:8080", (), False),  # a sandboxed frame or a file:// page
+        ("http://[", "gw:8080", (), False),  # no URL (urlsplit raised: was a 500)
+        ("http://[::1", "[::1", (), False),
         ("https://chat.example.com", "gw:8080", ("https://chat.example.com",), True),
         ("https://chat.example.com/", "gw:8080", ("https://chat.example.com",), True),
         ("https://other.example", "gw:8080", ("*",), True),
