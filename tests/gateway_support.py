@@ -34,7 +34,7 @@ class FakeBackend:
     fail_after_tokens: int = 2
     burst: bool = False  # every event in one write (a backend the gateway fell behind)
     heartbeat_s: float | None = None  # send `: keepalive` comments this often while waiting
-    retry_after: str = "1"
+    retry_after: str | None = "1"  # None: answer 429 without a Retry-After header
     ready: bool = True
     requests: int = 0
     completed: int = 0
@@ -63,7 +63,8 @@ class FakeBackend:
         self.requests += 1
         self.bodies.append(await request.json())
         if self.mode == "busy":
-            return web.Response(status=429, headers={"Retry-After": self.retry_after}, text="full")
+            headers = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            return web.Response(status=429, headers=headers, text="full")
         if self.mode == "reject":
             body = {"error": {"code": "context_too_long", "message": "prompt is too long"}}
             return web.json_response(body, status=400)

@@ -97,3 +97,58 @@ def inference_server(
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class GatewayProcess:
+    """`llmstream gateway serve` running as a child process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, within_s: float = 60.0) -> None:
+        """Block until /readyz counts a ready backend; RuntimeError with the log tail
+        otherwise."""
+        deadline = time.monotonic() + within_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.output()[-3000:]}")
+            try:
+                ready = httpx.get(f"{self.url}/readyz", timeout=1)
+                if ready.status_code == 200 and ready.json().get("backends_ready"):
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gateway saw no ready backend:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM (the gateway drains) and reap the process."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_gateway(*args: str, log_dir: Path, port: int | None = None) -> GatewayProcess:
+    """Spawn the gateway (on `port`, or a free one) without waiting for it; `args` name its
+    backends (`--backend URL`) and settings."""
+    port = port or free_port()
+    log = log_dir / f"gateway-{port}.log"
+    command = [sys.executable, "-m", "llmstream", "gateway", "serve",
+               "--host", "127.0.0.1", "--port", str(port), *args]  # fmt: skip
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ)
+    return GatewayProcess(process, port, log)
