@@ -30,7 +30,7 @@ class OperatorMetrics:
         )
         self.wake_latency = Histogram(
             "llmstream_operator_wake_latency_seconds",
-            "Time from the wake annotation's timestamp to the replicas patch.",
+            "Time from the wake Lease's renewTime to the replicas patch.",
             ENDPOINT_LABELS,
             buckets=WAKE_LATENCY_BUCKETS,
             registry=self.registry,

@@ -2,7 +2,7 @@
 
 Rules, in order (docs/operator.md explains them for users):
 
-1. Wake: at zero replicas, a fresh wake annotation or any pending stream scales up at once
+1. Wake: at zero replicas, a fresh wake (Lease renewal) or any pending stream scales up at once
    (to enough replicas for the demand, at least one).
 2. Burst: when demand (active + pending streams) needs more replicas than there are, scale up
    at once to ceil(demand / targetActiveStreams).
@@ -73,7 +73,7 @@ class ScalingInputs:
     now: float
     observed_since: float  # when this operator started watching the endpoint
     last_active_at: float | None = None  # last time a stream was seen (persisted in status)
-    wake_requested_at: float | None = None  # the wake annotation, parsed
+    wake_requested_at: float | None = None  # the wake Lease's renewTime
     max_sample_age: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS
 
 
@@ -113,7 +113,7 @@ def last_activity(inputs: ScalingInputs) -> float | None:
 
 
 def wake_is_fresh(inputs: ScalingInputs) -> bool:
-    """A wake annotation counts while it is younger than idleSeconds.
+    """A wake counts while it is younger than idleSeconds.
 
     Scale-to-zero only happens after idleSeconds without activity, and a wake is activity, so
     an annotation left behind from an earlier wake can never wake the endpoint again.

@@ -4,7 +4,7 @@ kwok pods run nothing, so real processes stand in for them, on loopback:
 
 - the gateway runs as `llmstream gateway serve --discovery kubernetes` with a kubeconfig that
   holds a token (TokenRequest) of the `<endpoint>-gateway` ServiceAccount the operator created,
-  so it lists EndpointSlices and patches the wake annotation with its own Role only. Its
+  so it lists EndpointSlices and renews the wake Lease with its own Role only. Its
   `--backend-address-map` sends every discovered pod address (kwok's pod network) to one local
   inference server on the tiny model;
 - the operator (in-process, as its least-privilege ServiceAccount) reads gateway load with its
@@ -409,7 +409,7 @@ def test_a_stream_held_at_zero_wakes_the_endpoint_and_completes_on_the_discovere
     load = httpx.get(f"{gateway.url}/v1/load", timeout=5).json()
     assert [(b["url"], b["ready"]) for b in load["backends"]] == [(inference.url, True)]
     print(
-        f"cold start through the gateway: wake annotation after {annotated:.2f}s, "
+        f"cold start through the gateway: wake Lease after {annotated:.2f}s, "
         f"replicas=1 after {scaled:.2f}s, stream done after {served:.2f}s"
     )
 

@@ -69,15 +69,15 @@ CASES = {
         {"scaling": SPEC.model_copy(update={"min_replicas": 2}), "last_active_at": NOW - 999},
     ),
     "stays at zero without demand": Case(0, steady(0), 0, Reason.STEADY),
-    "wake annotation wakes from zero at once": Case(
+    "wake wakes from zero at once": Case(
         0, steady(0), 1, Reason.WAKE, {"wake_requested_at": NOW - 1}
     ),
     "pending stream wakes from zero at once": Case(0, [LoadSample(NOW, 0, 1)], 1, Reason.WAKE),
     "many pending streams wake enough replicas": Case(0, [LoadSample(NOW, 0, 20)], 3, Reason.WAKE),
-    "wake annotation older than idleSeconds is ignored": Case(
+    "wake older than idleSeconds is ignored": Case(
         0, steady(0), 0, Reason.STEADY, {"wake_requested_at": NOW - 301}
     ),
-    "wake annotation wakes even when the gateway is unreachable": Case(
+    "wake wakes even when the gateway is unreachable": Case(
         0, [], 1, Reason.WAKE, {"wake_requested_at": NOW}
     ),
     "burst scales up at once to ceil(load / target)": Case(
