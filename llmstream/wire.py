@@ -31,6 +31,12 @@ MAX_BODY_BYTES = 1 << 20
 # connection. Responses under way (SSE streams, WebSockets) are never timed.
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
+# Idle keep-alive connections: both servers close one after KEEPALIVE_TIMEOUT_S; the gateway's
+# pool of connections to its backends drops its own after BACKEND_POOL_IDLE_S, well before, so
+# it never reuses a connection in the instant the server closes it (uvicorn's own default of
+# 5 s was below the pool's 15 s: a request sent then failed as a connect error).
+KEEPALIVE_TIMEOUT_S = 75.0
+BACKEND_POOL_IDLE_S = 15.0
 # A prompt longer than this many characters per token of context is refused before it is
 # tokenized: no tokenizer makes tokens that long, so it could not fit, and tokenizing a huge
 # text first would cost seconds for nothing.

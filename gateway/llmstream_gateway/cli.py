@@ -17,6 +17,7 @@ from llmstream.wire import (
     BODY_TIMEOUT_S,
     GATEWAY_SHUTDOWN_DRAIN_S,
     HEADER_TIMEOUT_S,
+    KEEPALIVE_TIMEOUT_S,
     MAX_BODY_BYTES,
     SSE_HEARTBEAT_S,
 )
@@ -150,6 +151,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=BODY_TIMEOUT_S,
         help="seconds a request body may take to arrive after its headers (then 408)",
     )
+    add_env_argument(
+        parser,
+        "--keepalive-timeout",
+        type=_positive_float,
+        default=KEEPALIVE_TIMEOUT_S,
+        help="seconds an idle keep-alive HTTP connection stays open",
+    )
     parser.add_argument(
         "--allowed-origin",
         action="append",
@@ -240,6 +248,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_frame_bytes=args.max_frame_bytes,
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
+            keepalive_timeout_s=args.keepalive_timeout,
             backend_connect_timeout_s=args.backend_connect_timeout,
             allowed_origins=tuple(
                 o.rstrip("/")

@@ -18,6 +18,7 @@ from llmstream.wire import (
     BODY_TIMEOUT_S,
     GATEWAY_SHUTDOWN_DRAIN_S,
     HEADER_TIMEOUT_S,
+    KEEPALIVE_TIMEOUT_S,
     MAX_BODY_BYTES,
     SSE_HEARTBEAT_S,
 )
@@ -51,6 +52,7 @@ class GatewayConfig(BaseModel):
     max_frame_bytes: Annotated[int, Field(ge=1024)] = MAX_BODY_BYTES
     header_timeout_s: Annotated[float, Field(gt=0)] = HEADER_TIMEOUT_S
     body_timeout_s: Annotated[float, Field(gt=0)] = BODY_TIMEOUT_S
+    keepalive_timeout_s: Annotated[float, Field(gt=0)] = KEEPALIVE_TIMEOUT_S
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
     probe_interval_s: Annotated[float, Field(gt=0)] = 1.0
     backend_connect_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_BACKEND_CONNECT_TIMEOUT_S

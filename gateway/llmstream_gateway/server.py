@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from llmstream.wire import ErrorCode
+from llmstream.wire import BACKEND_POOL_IDLE_S, ErrorCode
 
 from .activator import Activator, NoWaker, Waker
 from .auth import RotatingKey, key_accepted, origin_allowed, presented_key, redact_query
@@ -34,8 +34,6 @@ from .ws import Connections, serve_websocket
 
 log = logging.getLogger("llmstream.gateway")
 LISTEN_BACKLOG = 4096
-# Seconds an idle keep-alive connection stays open (aiohttp's run_app default).
-KEEPALIVE_TIMEOUT_S = 75.0
 # Paths that never need the API key: probes, metrics, the page (its script sends the key) and
 # the load report, which tells what /metrics tells; the operator's autoscaler reads it with no
 # key, so an endpoint with `apiKeySecretRef` still scales on load and to zero.
@@ -100,7 +98,9 @@ class Gateway:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: client session and discovery live as long as the app."""
-        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(
+            limit=0, enable_cleanup_closed=True, keepalive_timeout=BACKEND_POOL_IDLE_S
+        )
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.config.backend_connect_timeout_s,
@@ -296,7 +296,7 @@ def app_runner(app: web.Application, *, shutdown_timeout: float = 60.0) -> web.A
         header_timeout_s=app[GATEWAY].config.header_timeout_s,
         handler_cancellation=True,
         access_log_class=RedactingAccessLogger,
-        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+        keepalive_timeout=app[GATEWAY].config.keepalive_timeout_s,
         shutdown_timeout=shutdown_timeout,
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmstream.envargs import add_env_argument, parse_bool
-from llmstream.wire import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY_BYTES
+from llmstream.wire import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_BODY_BYTES
 
 
 def register(commands: Any) -> None:
@@ -89,6 +89,13 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         default=BODY_TIMEOUT_S,
         help="seconds a request body may take to arrive after its headers (then 408)",
     )
+    add_env_argument(
+        p,
+        "--keepalive-timeout",
+        type=float,
+        default=KEEPALIVE_TIMEOUT_S,
+        help="seconds an idle keep-alive HTTP connection stays open",
+    )
     add_env_argument(p, "--log-level", default="info", help="debug | info | warning")
 
 
@@ -101,7 +108,7 @@ def _check_limits(args: argparse.Namespace) -> str | None:
     for name in ("max_waiting", "max_context_tokens", "threads"):
         if getattr(args, name) < 0:
             return f"--{name.replace('_', '-')} must not be negative (got {getattr(args, name)})"
-    for name in ("header_timeout", "body_timeout"):
+    for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
         if not getattr(args, name) > 0:
             return f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})"
     if not 0 < args.default_top_p <= 1:
@@ -186,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_level=args.log_level,
             timeout_graceful_shutdown=grace,
+            timeout_keep_alive=max(1, round(args.keepalive_timeout)),
             http=head_deadline_protocol(args.header_timeout),
         ),
         engine=lambda: app.state.llm.engine,

@@ -18,10 +18,12 @@ import pytest
 from gateway_support import collect
 from llmstream_gateway import slowpeers
 from llmstream_gateway.config import GatewayConfig
-from llmstream_gateway.server import KEEPALIVE_TIMEOUT_S, RedactingAccessLogger, app_runner
+from llmstream_gateway.server import RedactingAccessLogger, app_runner
 from llmstream_gateway.server import create_app as create_gateway
 from servers import free_port
 from slow_clients import HEAD, RawResponse, connection, dribbling, post_head
+
+from llmstream.wire import KEEPALIVE_TIMEOUT_S
 
 TIMEOUT_S = 1.0
 # How late a 408 may come on a busy machine (the dribbles below take 10 s and more).

@@ -16,6 +16,8 @@ import pytest
 from servers import InferenceProcess, inference_server
 from slow_clients import HEAD, RawResponse, connection, dribbling, post_head
 
+from llmstream.wire import BACKEND_POOL_IDLE_S, KEEPALIVE_TIMEOUT_S
+
 TIMEOUT_S = 1.0
 # How late a 408 may come on a busy machine (the dribbles below take 10 s and more).
 SLACK_S = 3.0
@@ -150,3 +152,18 @@ async def test_a_pipelined_request_whose_head_stops_halfway_gets_408_after_the_f
         response = await conn.response(within_s=TIMEOUT_S + SLACK_S)
         assert_timed_out(response, answered, "headers")
         assert await conn.closed_by_server(within_s=2)
+
+
+async def test_an_idle_keep_alive_connection_outlives_the_gateways_pool(
+    slow_server: InferenceProcess,
+) -> None:
+    """The server keeps an idle connection longer than the gateway's pool keeps it, so the
+    pool closes first and never sends on a connection the server is closing. uvicorn's own
+    default (5 s) was below the pool's 15 s."""
+    assert BACKEND_POOL_IDLE_S < KEEPALIVE_TIMEOUT_S
+    async with connection(slow_server.url) as conn:
+        await conn.send(HEAD)
+        assert (await conn.response(within_s=5)).status == 200
+        assert not await conn.closed_by_server(within_s=6.5)
+        await conn.send(HEAD)
+        assert (await conn.response(within_s=5)).status == 200
