@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from llmstream import endpointslices
 from llmstream.addressmap import AddressMapping, mapped_url
 
 from .backends import BackendSet
@@ -28,28 +29,8 @@ PROBE_FAILURE_THRESHOLD = 3
 def readiness_from_slices(
     slices: Iterable[Mapping[str, Any]], port_name: str = INFERENCE_PORT_NAME
 ) -> dict[str, bool]:
-    """Backend URLs and readiness from EndpointSlice objects (API JSON, camelCase keys).
-
-    The port is the one named `port_name` (or the only port). An endpoint counts as ready
-    when `conditions.ready` is true or absent (the API's meaning of nil) and it is not
-    terminating.
-    """
-    result: dict[str, bool] = {}
-    for item in slices:
-        ports = item.get("ports") or []
-        named = [p for p in ports if p.get("name") == port_name]
-        port = (named or (ports if len(ports) == 1 else [{}]))[0].get("port")
-        if port is None:
-            continue
-        ipv6 = item.get("addressType") == "IPv6"
-        for endpoint in item.get("endpoints") or []:
-            conditions = endpoint.get("conditions") or {}
-            ready = conditions.get("ready") is not False and not conditions.get("terminating")
-            for address in endpoint.get("addresses") or []:
-                host = f"[{address}]" if ipv6 else address
-                url = f"http://{host}:{port}"
-                result[url] = result.get(url, False) or ready
-    return result
+    """Backend URLs and readiness from the inference Service's EndpointSlices."""
+    return endpointslices.readiness(slices, port_name)
 
 
 def mapped_readiness(

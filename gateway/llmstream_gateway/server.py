@@ -18,6 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from llmstream.loadreport import BackendLoad, LoadReport
 from llmstream.wire import BACKEND_POOL_IDLE_S, ErrorCode
 
 from .activator import Activator, NoWaker, Waker
@@ -185,17 +186,16 @@ class Gateway:
         """`/v1/load` for the autoscaler: streams on backends, and streams held apart."""
         pending = self.activator.pending
         idle = self.runner.idle_seconds()
-        return web.json_response(
-            {
-                "active_streams": max(0, self.runner.active - pending),
-                "pending_streams": pending,
-                "idle_seconds": None if idle is None else round(idle, 3),
-                "backends": [
-                    {"url": b.url, "ready": b.ready, "active": b.active, "capacity": b.capacity}
-                    for b in self.backends
-                ],
-            }
+        report = LoadReport(
+            active_streams=max(0, self.runner.active - pending),
+            pending_streams=pending,
+            idle_seconds=None if idle is None else round(idle, 3),
+            backends=[
+                BackendLoad(url=b.url, ready=b.ready, active=b.active, capacity=b.capacity)
+                for b in self.backends
+            ],
         )
+        return web.json_response(report.model_dump(mode="json"))
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})

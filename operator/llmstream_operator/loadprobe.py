@@ -8,27 +8,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from llmstream.addressmap import AddressMapping, mapped_url
+from llmstream.endpointslices import ready_urls
+from llmstream.loadreport import LoadReport
 
 from . import names
 from .policy import LoadSample
 
 logger = logging.getLogger(__name__)
-
-
-class LoadReport(BaseModel):
-    """The gateway's `/v1/load` answer (PROTOCOL.md); extra fields are tolerated."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    active_streams: int = Field(ge=0)
-    pending_streams: int = Field(ge=0)
-    # Seconds since a stream last ran on that gateway (0 while one runs; null when none ever
-    # did). Without it only the polls themselves tell when streams ran.
-    idle_seconds: float | None = Field(default=None, ge=0)
-    backends: list[Any] = Field(default_factory=list)
 
 
 class LoadProbe(Protocol):
@@ -43,20 +32,7 @@ class LoadProbe(Protocol):
 
 def gateway_urls(slice_body: Mapping[str, Any]) -> list[str]:
     """Base URLs of the ready endpoints of one EndpointSlice of a gateway Service."""
-    ports = [
-        p.get("port")
-        for p in slice_body.get("ports") or []
-        if p.get("name") == names.PORT_NAME and p.get("port")
-    ]
-    urls = []
-    for port in ports:
-        for endpoint in slice_body.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready") is False:
-                continue
-            for address in endpoint.get("addresses") or []:
-                host = f"[{address}]" if ":" in address else address
-                urls.append(f"http://{host}:{port}")
-    return urls
+    return ready_urls([slice_body], names.PORT_NAME)
 
 
 class HttpLoadProbe:

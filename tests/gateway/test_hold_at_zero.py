@@ -7,6 +7,8 @@ import json
 
 from gateway_support import collect, collect_all, wait_for
 
+from llmstream.loadreport import LoadReport
+
 
 def generate(stream_id: str) -> dict[str, object]:
     return {"type": "generate", "id": stream_id, "prompt": "hi"}
@@ -140,3 +142,7 @@ async def test_load_counts_held_streams_as_pending_not_active(fake_backend, gate
     assert load["pending_streams"] == 2
     assert load["active_streams"] == 0
     assert load["backends"][0]["ready"] is False
+    # What the operator's autoscaler reads (llmstream.loadreport), field for field.
+    report = LoadReport.model_validate(load)
+    assert report.model_dump(mode="json") == load
+    assert (report.pending_streams, report.backends[0].url) == (2, backend.url)

@@ -15,7 +15,6 @@ from llmstream_gateway.auth import (
     redact_query,
 )
 from llmstream_gateway.backends import Backend, BackendSet, pick_backend
-from llmstream_gateway.discovery import readiness_from_slices
 from llmstream_gateway.protocol import (
     FrameError,
     PlainPrompt,
@@ -149,31 +148,6 @@ def test_wake_is_rate_limited_to_once_per_interval():
 
 
 # --- discovery --------------------------------------------------------------------------------
-
-
-def test_endpoint_slices_give_urls_of_the_http_port_and_their_readiness():
-    slices = [
-        {
-            "addressType": "IPv4",
-            "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
-            "endpoints": [
-                {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
-                {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
-                {"addresses": ["10.0.0.3"], "conditions": {"ready": True, "terminating": True}},
-                {"addresses": ["10.0.0.4"]},
-            ],
-        },
-        {"addressType": "IPv6", "ports": [{"name": "http", "port": 8000}],
-         "endpoints": [{"addresses": ["fd00::1"], "conditions": {"ready": True}}]},
-        {"addressType": "IPv4", "ports": None, "endpoints": None},
-    ]  # fmt: skip
-    assert readiness_from_slices(slices) == {
-        "http://10.0.0.1:8000": True,
-        "http://10.0.0.2:8000": False,
-        "http://10.0.0.3:8000": False,
-        "http://10.0.0.4:8000": True,
-        "http://[fd00::1]:8000": True,
-    }
 
 
 # --- auth -------------------------------------------------------------------------------------

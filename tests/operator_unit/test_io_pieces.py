@@ -13,7 +13,7 @@ import yaml
 from llmstream_operator import names
 from llmstream_operator.drift import drifted
 from llmstream_operator.kube import KubeConfigError, access_from_kubeconfig, resource_path
-from llmstream_operator.loadprobe import HttpLoadProbe, LoadReport, gateway_urls, summed
+from llmstream_operator.loadprobe import HttpLoadProbe, summed
 from llmstream_operator.metrics import OperatorMetrics
 from llmstream_operator.status import (
     DeploymentView,
@@ -25,23 +25,9 @@ from llmstream_operator.status import (
 )
 from testsupport import require_tool
 
+from llmstream.loadreport import LoadReport
+
 # --- load probe -----------------------------------------------------------------------
-
-
-def test_gateway_urls_lists_ready_addresses_on_the_http_port() -> None:
-    body = {
-        "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8080}],
-        "endpoints": [
-            {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
-            {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
-            {"addresses": ["fd00::3"]},
-        ],
-    }
-    assert gateway_urls(body) == ["http://10.0.0.1:8080", "http://[fd00::3]:8080"]
-
-
-def test_gateway_urls_of_an_empty_slice() -> None:
-    assert gateway_urls({"ports": None, "endpoints": None}) == []
 
 
 def test_summed_adds_reports_and_refuses_a_partial_picture() -> None:
@@ -71,7 +57,12 @@ async def gateways() -> AsyncIterator[list[str]]:
 
     async def good(_: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.json_response(
-            {"active_streams": 4, "pending_streams": 2, "backends": [{"url": "x"}], "extra": 1}
+            {
+                "active_streams": 4,
+                "pending_streams": 2,
+                "backends": [{"url": "x", "ready": True, "active": 4, "capacity": 8}],
+                "extra": 1,
+            }
         )
 
     async def bad(_: aiohttp.web.Request) -> aiohttp.web.Response:

@@ -1,0 +1,91 @@
+"""Contracts two components share, read the same way by both: EndpointSlices (the gateway's
+backends, the operator's gateway pods) and the load report (gateway -> operator)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from llmstream.endpointslices import readiness, ready_urls
+from llmstream.loadreport import BackendLoad, LoadReport
+
+SLICES: list[dict[str, Any]] = [
+    {
+        "addressType": "IPv4",
+        "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
+        "endpoints": [
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+            {"addresses": ["10.0.0.3"], "conditions": {"ready": True, "terminating": True}},
+            {"addresses": ["10.0.0.4"]},  # ready: nil means ready
+            {"addresses": ["fd00::9"]},  # a hand-written slice without addressType
+        ],
+    },
+    {"addressType": "IPv6", "ports": [{"name": "http", "port": 8000}],
+     "endpoints": [{"addresses": ["fd00::1"], "conditions": {"ready": True}}]},
+    {"addressType": "IPv4", "ports": [{"port": 8001}],  # the only port, unnamed
+     "endpoints": [{"addresses": ["10.0.1.1"]}]},
+    {"addressType": "IPv4", "ports": [{"name": "a", "port": 1}, {"name": "b", "port": 2}],
+     "endpoints": [{"addresses": ["10.0.2.1"]}]},  # neither port is http: no URL
+    {"addressType": "IPv4", "ports": None, "endpoints": None},
+    {"addressType": "IPv4", "ports": [{"name": "http", "port": "8000"}],
+     "endpoints": [{"addresses": ["10.0.3.1"]}]},  # not a port number: no URL
+]  # fmt: skip
+
+
+def test_endpoint_slices_give_each_address_on_the_named_port_and_its_readiness() -> None:
+    assert readiness(SLICES, "http") == {
+        "http://10.0.0.1:8000": True,
+        "http://10.0.0.2:8000": False,
+        "http://10.0.0.3:8000": False,
+        "http://10.0.0.4:8000": True,
+        "http://[fd00::9]:8000": True,
+        "http://[fd00::1]:8000": True,
+        "http://10.0.1.1:8001": True,
+    }
+
+
+def test_ready_urls_keep_the_slices_order_and_drop_the_unready() -> None:
+    assert ready_urls(SLICES, "http") == [
+        "http://10.0.0.1:8000",
+        "http://10.0.0.4:8000",
+        "http://[fd00::9]:8000",
+        "http://[fd00::1]:8000",
+        "http://10.0.1.1:8001",
+    ]
+
+
+def test_an_address_ready_in_one_slice_is_ready() -> None:
+    twice = [
+        {"ports": [{"name": "http", "port": 80}], "endpoints": [{"addresses": ["10.9.0.1"],
+                                                               "conditions": {"ready": False}}]},
+        {"ports": [{"name": "http", "port": 80}], "endpoints": [{"addresses": ["10.9.0.1"]}]},
+    ]  # fmt: skip
+    assert readiness(twice, "http") == {"http://10.9.0.1:80": True}
+
+
+def test_the_load_report_round_trips_and_tolerates_new_fields() -> None:
+    report = LoadReport(
+        active_streams=3,
+        pending_streams=1,
+        idle_seconds=0.0,
+        backends=[BackendLoad(url="http://10.0.0.1:8000", ready=True, active=3, capacity=80)],
+    )
+    wire = report.model_dump(mode="json")
+    assert LoadReport.model_validate_json(json.dumps(wire)) == report
+    newer = {**wire, "held_oldest_s": 2.5, "backends": [{**wire["backends"][0], "zone": "a"}]}
+    assert LoadReport.model_validate(newer) == report
+    assert LoadReport.model_validate({"active_streams": 0, "pending_streams": 0}).backends == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"active_streams": -1, "pending_streams": 0}, {"pending_streams": 0},
+     {"active_streams": 0, "pending_streams": 0, "idle_seconds": -2}],
+)  # fmt: skip
+def test_a_broken_load_report_is_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        LoadReport.model_validate(bad)
