@@ -75,16 +75,6 @@ class BackendSet:
             backend.ready = ready
         return gained
 
-    def mark(self, url: str, ready: bool) -> bool:
-        """Set one backend's readiness (e.g. after a failed connection); same return value as
-        `update`."""
-        backend = self.backends.get(url)
-        if backend is None:
-            return False
-        gained = ready and not backend.ready
-        backend.ready = ready
-        return gained
-
     def any_ready(self) -> bool:
         """Whether at least one backend is ready (if not, streams wait for a cold start)."""
         return any(b.ready for b in self.backends.values())

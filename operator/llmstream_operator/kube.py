@@ -145,7 +145,6 @@ def resource_path(
     kind: str,
     namespace: str,
     name: str | None = None,
-    subresource: str | None = None,
 ) -> str:
     """REST path of a namespaced object (or its collection when `name` is None)."""
     try:
@@ -156,8 +155,6 @@ def resource_path(
     path = f"{prefix}/namespaces/{namespace}/{plural}"
     if name is not None:
         path += f"/{name}"
-    if subresource is not None:
-        path += f"/{subresource}"
     return path
 
 
@@ -194,17 +191,6 @@ class KubeClient:
         except ValueError:
             reason, message = response.reason_phrase, response.text
         raise KubeApiError(response.status_code, str(reason), str(message))
-
-    async def get(
-        self, api_version: str, kind: str, namespace: str, name: str
-    ) -> dict[str, Any] | None:
-        """The object, or None when it does not exist."""
-        response = await self._http.get(
-            resource_path(api_version, kind, namespace, name), headers=self._headers()
-        )
-        if response.status_code == 404:
-            return None
-        return self._result(response)
 
     async def apply(
         self, manifest: dict[str, Any], *, field_manager: str = names.FIELD_MANAGER

@@ -204,8 +204,8 @@ def test_resource_paths() -> None:
         "/apis/apps/v1/namespaces/ns/deployments/qa-inference"
     )
     assert resource_path("v1", "Service", "ns") == "/api/v1/namespaces/ns/services"
-    assert resource_path(names.API_VERSION, names.KIND, "ns", "qa", "status") == (
-        "/apis/llmstream.dev/v1alpha1/namespaces/ns/llmendpoints/qa/status"
+    assert resource_path(names.API_VERSION, names.KIND, "ns", "qa") == (
+        "/apis/llmstream.dev/v1alpha1/namespaces/ns/llmendpoints/qa"
     )
     with pytest.raises(ValueError, match="Pod"):
         resource_path("v1", "Pod", "ns")
