@@ -71,6 +71,8 @@ class ErrorCode(StrEnum):
 
 
 FinishReason = Literal["stop", "length", "cancelled"]
+# Why a stream is held before a backend takes it (the `queued` frame's reason).
+HoldReason = Literal["warming", "capacity"]
 
 
 class SamplingParams(_Strict):
@@ -179,7 +181,7 @@ class ErrorEvent(BaseModel):
 class QueuedEvent(BaseModel):
     type: Literal["queued"] = "queued"
     id: str | None = None
-    reason: Literal["warming", "capacity"]
+    reason: HoldReason
     position: int
 
 

@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from llmstream.wire import HoldReason
+
 from .backends import Backend, BackendSet, next_room_at, pick_backend
-from .protocol import HoldReason
 
 # While a stream is held at zero the wake request is repeated this often, so a wake that the
 # operator missed (restart, conflict) is sent again; the waker's own rate limit still applies.

@@ -24,12 +24,13 @@ from llmstream.wire import (
     ErrorEvent,
     GenerateRequest,
     GenerateResult,
+    HoldReason,
     body_timeout_message,
     describe_validation_error,
 )
 
 from .metrics import Protocol
-from .protocol import HoldReason, done_frame, error_frame, queued_frame, token_frame
+from .protocol import done_frame, error_frame, queued_frame, token_frame
 from .streams import ClientGoneError, StreamRunner
 
 STATUS_BY_CODE = {

@@ -23,6 +23,7 @@ from llmstream.wire import (
     ErrorCode,
     ErrorEvent,
     GenerateRequest,
+    HoldReason,
     SamplingParams,
     Seed,
     StopString,
@@ -32,7 +33,6 @@ from llmstream.wire import (
 
 from .backends import BackendSet
 from .http_api import CollectSink, LazyEventStream, error_response, read_json
-from .protocol import HoldReason
 from .streams import StreamRunner
 
 Kind = Literal["chat", "completion"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -24,12 +24,12 @@ from llmstream.wire import (
     ErrorEvent,
     GenerateFrame,
     GenerateRequest,
+    HoldReason,
     QueuedEvent,
     describe_validation_error,
 )
 
 FRAME_TYPES = ("generate", "cancel")
-HoldReason = Literal["warming", "capacity"]
 PLAIN_DONE = "[done]"
 
 

@@ -19,13 +19,21 @@ from typing import Literal, Protocol
 
 import aiohttp
 
-from llmstream.wire import DoneEvent, ErrorCode, ErrorEvent, GenerateRequest, Timing, Usage
+from llmstream.wire import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    GenerateRequest,
+    HoldReason,
+    Timing,
+    Usage,
+)
 
 from .activator import Activator, ColdStartTimeoutError, OverloadedError
 from .backends import Backend
 from .metrics import GatewayMetrics, StreamRecord
 from .metrics import Protocol as Proto
-from .protocol import HoldReason, backend_body
+from .protocol import backend_body
 from .relay import (
     BackendBrokenError,
     BackendBusyError,

@@ -22,6 +22,7 @@ from llmstream.wire import (
     ErrorEvent,
     GenerateFrame,
     GenerateRequest,
+    HoldReason,
 )
 
 from .config import GatewayConfig
@@ -30,7 +31,6 @@ from .metrics import GatewayMetrics
 from .protocol import (
     PLAIN_DONE,
     FrameError,
-    HoldReason,
     PlainPrompt,
     done_frame,
     error_frame,

@@ -18,10 +18,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache
+
+from llmstream.wire import FinishReason
 
 from .detok import IncrementalDetokenizer, StopMatcher
 from .kvcache import BatchKVCache
@@ -29,8 +31,6 @@ from .runner import ModelRunner
 from .sampling import ResolvedSampling, Sampler, pick_batch
 
 log = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
