@@ -21,6 +21,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from llmstream.buckets import DURATION_BUCKETS, ITL_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
+
 Protocol = Literal["ws", "sse", "openai"]
 Outcome = Literal[
     "completed", "cancelled", "client_gone", "error", "rejected", "cold_start_timeout"
@@ -36,10 +38,6 @@ OUTCOMES: tuple[Outcome, ...] = (
 )
 BACKEND_ERROR_REASONS = ("connect", "status", "busy", "disconnect", "read_timeout", "protocol")
 
-TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 COLD_WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 stream_log = logging.getLogger("llmstream.gateway.streams")

@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from llmstream.buckets import DURATION_BUCKETS, TTFT_BUCKETS
 from llmstream.endpointslices import readiness, ready_urls
 from llmstream.loadreport import BackendLoad, LoadReport
 
@@ -89,3 +91,27 @@ def test_the_load_report_round_trips_and_tolerates_new_fields() -> None:
 def test_a_broken_load_report_is_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         LoadReport.model_validate(bad)
+
+
+def bucket_bounds(registry: CollectorRegistry, name: str) -> list[float]:
+    """The finite `le` bounds of one histogram family in `registry`."""
+    for family in registry.collect():
+        if family.name == name:
+            bounds = {float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")}
+            return sorted(b for b in bounds if b != float("inf"))
+    raise AssertionError(f"{name} is not in the registry")
+
+
+def test_both_servers_bucket_ttft_and_duration_the_same_way() -> None:
+    from llmstream_gateway.metrics import GatewayMetrics
+    from llmstream_inference.metrics import InferenceMetrics
+
+    gateway, inference = GatewayMetrics("ep"), InferenceMetrics("m")
+    gateway.ttft.labels("ep", "ws").observe(0.2)
+    inference.ttft.labels("m").observe(0.2)
+    inference.duration.labels("m", "stop").observe(1.0)
+    prefix = "llmstream_{}_time_to_first_token_seconds"
+    assert bucket_bounds(gateway.registry, prefix.format("gateway")) == list(TTFT_BUCKETS)
+    assert bucket_bounds(inference.registry, prefix.format("inference")) == list(TTFT_BUCKETS)
+    duration = "llmstream_inference_request_duration_seconds"
+    assert bucket_bounds(inference.registry, duration) == list(DURATION_BUCKETS)
