@@ -47,7 +47,7 @@ def register(commands: Any) -> None:
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    from .models.sources import DEFAULT_SOURCE
+    from llmstream.modelsource import DEFAULT_SOURCE
 
     add_env_argument(p, "--model", default=DEFAULT_SOURCE, help="model source")
     add_env_argument(p, "--model-name", default="", help="name reported by the API")
@@ -134,10 +134,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from llmstream.modelsource import ModelSourceError, parse_source
+
     from .engine import EngineConfig
     from .models.default import NAME as DEFAULT_NAME
     from .models.default import pull_default
-    from .models.sources import ModelSourceError, parse_source, resolve_source
+    from .models.sources import resolve_source
     from .runner import RunnerConfig
     from .sampling import Defaults
     from .server import ServerConfig, create_app
@@ -224,7 +226,9 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    from .models.sources import ModelSourceError, resolve_source
+    from llmstream.modelsource import ModelSourceError
+
+    from .models.sources import resolve_source
 
     try:
         print(resolve_source(args.source))

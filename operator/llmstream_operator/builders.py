@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from llmstream.modelsource import PVC_ROOT_ENV
 from llmstream.wake import LEASE_API_VERSION, LEASE_KIND
 from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S
 
@@ -158,7 +159,7 @@ def inference_env(spec: LLMEndpointSpec, settings: BuildSettings) -> list[Manife
         if model.hf_token_secret_ref is not None:
             env.append(_secret_env("HF_TOKEN", model.hf_token_secret_ref))
     if scheme == "pvc":
-        env.append(_env("LLMSTREAM_PVC_ROOT", names.PVC_ROOT))
+        env.append(_env(PVC_ROOT_ENV, names.PVC_ROOT))
     overridden = {entry.name for entry in spec.env}
     return [e for e in env if e["name"] not in overridden] + [_user_env(e) for e in spec.env]
 

@@ -13,6 +13,7 @@ from typing import Final
 
 from llmstream import __version__
 from llmstream import wake as _wake
+from llmstream.modelsource import DEFAULT_PVC_ROOT
 from llmstream.resource import API_VERSION as API_VERSION
 from llmstream.resource import CRD_NAME as CRD_NAME
 from llmstream.resource import GROUP as GROUP
@@ -71,7 +72,7 @@ TMP_MOUNT: Final = "/tmp"
 API_KEY_VOLUME: Final = "api-key"
 API_KEY_MOUNT: Final = "/var/run/secrets/llmstream"
 API_KEY_FILE: Final = f"{API_KEY_MOUNT}/api-key"
-PVC_ROOT: Final = "/models"
+PVC_ROOT: Final = DEFAULT_PVC_ROOT  # where claims are mounted (the inference side reads it)
 
 
 def inference_name(endpoint: str) -> str:

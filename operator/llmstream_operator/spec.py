@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from llmstream_inference.models.sources import ModelSource, ModelSourceError, parse_source
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from llmstream.modelsource import ModelSource, ModelSourceError, parse_source
 
 # Kubernetes' own patterns (apimachinery), so the CRD rejects what the API server would.
 QUANTITY_PATTERN = (

@@ -50,3 +50,27 @@ def test_cli_does_not_import_torch_to_build_its_parser() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("component", "others"),
+    [
+        ("llmstream", ("llmstream_inference", "llmstream_gateway", "llmstream_operator")),
+        ("llmstream_operator", ("llmstream_inference", "llmstream_gateway")),
+        ("llmstream_gateway", ("llmstream_inference", "llmstream_operator")),
+        ("llmstream_inference", ("llmstream_gateway", "llmstream_operator")),
+    ],
+)
+def test_components_share_facts_only_through_the_llmstream_package(
+    component: str, others: tuple[str, ...]
+) -> None:
+    """A fact two components share lives in `llmstream/`; no component imports another."""
+    folder = Path(importlib.import_module(component).__file__ or "").parent
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in folder.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.lstrip().startswith(("import ", "from "))
+        and any(f" {other}" in line or f"{other}." in line for other in others)
+    ]
+    assert offenders == []

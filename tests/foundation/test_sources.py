@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llmstream_inference.models.sources import (
-    ModelSource,
-    ModelSourceError,
-    parse_source,
-    resolve_source,
-)
+from llmstream_inference.models.sources import resolve_source
+
+from llmstream.modelsource import ModelSource, ModelSourceError, parse_source
 
 
 @pytest.mark.parametrize(
