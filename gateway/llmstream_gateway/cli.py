@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmstream import defaults
 from llmstream.envargs import add_env_argument
 from llmstream.wire import (
     BODY_TIMEOUT_S,
@@ -112,16 +113,26 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="reach discovered backends in NETWORK at HOST:PORT (repeatable; outside a cluster) "
         "[env LLMSTREAM_BACKEND_ADDRESS_MAP, comma-separated]",
     )
-    add_env_argument(parser, "--max-pending-streams", type=int, default=100, help="hold cap")
+    add_env_argument(
+        parser,
+        "--max-pending-streams",
+        type=int,
+        default=defaults.MAX_PENDING_STREAMS,
+        help="hold cap",
+    )
     add_env_argument(
         parser,
         "--cold-start-timeout",
         type=_positive_float,
-        default=600.0,
+        default=float(defaults.COLD_START_TIMEOUT_S),
         help="seconds a stream is held at zero",
     )
     add_env_argument(
-        parser, "--max-streams-per-connection", type=int, default=8, help="WebSocket stream cap"
+        parser,
+        "--max-streams-per-connection",
+        type=int,
+        default=defaults.MAX_STREAMS_PER_CONNECTION,
+        help="WebSocket stream cap",
     )
     add_env_argument(
         parser, "--backend-capacity", type=int, default=80, help="streams one backend takes"

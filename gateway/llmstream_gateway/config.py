@@ -13,6 +13,7 @@ from pydantic import (
     model_validator,
 )
 
+from llmstream import defaults
 from llmstream.addressmap import AddressMapping
 from llmstream.wire import (
     BODY_TIMEOUT_S,
@@ -42,9 +43,9 @@ class GatewayConfig(BaseModel):
     discovery: Literal["static", "kubernetes"] = "static"
     backends: tuple[str, ...] = ()
     inference_service: str | None = None
-    max_pending_streams: Annotated[int, Field(ge=0)] = 100
-    cold_start_timeout_s: Annotated[float, Field(gt=0)] = 600.0
-    max_streams_per_connection: Annotated[int, Field(ge=1)] = 8
+    max_pending_streams: Annotated[int, Field(ge=0)] = defaults.MAX_PENDING_STREAMS
+    cold_start_timeout_s: Annotated[float, Field(gt=0)] = float(defaults.COLD_START_TIMEOUT_S)
+    max_streams_per_connection: Annotated[int, Field(ge=1)] = defaults.MAX_STREAMS_PER_CONNECTION
     backend_capacity: Annotated[int, Field(ge=1)] = 80
     api_key: SecretStr | None = None
     api_key_file: Path | None = None  # re-read when it changes (a mounted Secret rotates)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmstream import defaults
 from llmstream.envargs import add_env_argument, parse_bool
 from llmstream.wire import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_BODY_BYTES
 
@@ -56,16 +57,36 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     add_env_argument(p, "--device", default="auto", help="auto | cpu | cuda[:n]")
     add_env_argument(p, "--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
     add_env_argument(p, "--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    add_env_argument(p, "--max-batch-size", type=int, default=16, help="sequences per step")
-    add_env_argument(p, "--max-waiting", type=int, default=64, help="queued before 429")
-    add_env_argument(p, "--max-new-tokens-limit", type=int, default=1024, help="cap per request")
+    add_env_argument(
+        p, "--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE, help="sequences per step"
+    )
+    add_env_argument(
+        p, "--max-waiting", type=int, default=defaults.MAX_WAITING, help="queued before 429"
+    )
+    add_env_argument(
+        p,
+        "--max-new-tokens-limit",
+        type=int,
+        default=defaults.MAX_NEW_TOKENS_LIMIT,
+        help="cap per request",
+    )
     add_env_argument(
         p, "--max-context-tokens", type=int, default=0, help="prompt+output cap (0: model's)"
     )
-    add_env_argument(p, "--prefill-chunk-tokens", type=int, default=256, help="prefill per step")
-    add_env_argument(p, "--default-max-new-tokens", type=int, default=256, help="")
-    add_env_argument(p, "--default-temperature", type=float, default=0.7, help="")
-    add_env_argument(p, "--default-top-p", type=float, default=0.95, help="")
+    add_env_argument(
+        p,
+        "--prefill-chunk-tokens",
+        type=int,
+        default=defaults.PREFILL_CHUNK_TOKENS,
+        help="prefill per step",
+    )
+    add_env_argument(
+        p, "--default-max-new-tokens", type=int, default=defaults.DEFAULT_MAX_NEW_TOKENS, help=""
+    )
+    add_env_argument(
+        p, "--default-temperature", type=float, default=defaults.DEFAULT_TEMPERATURE, help=""
+    )
+    add_env_argument(p, "--default-top-p", type=float, default=defaults.DEFAULT_TOP_P, help="")
     add_env_argument(
         p, "--shutdown-grace-seconds", type=float, default=30.0, help="SIGTERM drain time"
     )

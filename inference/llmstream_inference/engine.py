@@ -23,6 +23,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 
+from llmstream import defaults
 from llmstream.wire import FinishReason
 
 from .detok import IncrementalDetokenizer, StopMatcher
@@ -37,10 +38,10 @@ log = logging.getLogger(__name__)
 class EngineConfig:
     """Scheduling limits."""
 
-    max_batch_size: int = 16
-    max_waiting: int = 64
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
+    max_waiting: int = defaults.MAX_WAITING
     max_context_tokens: int | None = None  # None: the model's own limit
-    prefill_chunk_tokens: int = 256
+    prefill_chunk_tokens: int = defaults.PREFILL_CHUNK_TOKENS
 
 
 class EngineFullError(Exception):

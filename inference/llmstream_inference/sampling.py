@@ -18,6 +18,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from llmstream import defaults
 from llmstream.wire import SamplingParams
 
 
@@ -33,10 +34,10 @@ class ParameterError(ValueError):
 class Defaults:
     """Server-side defaults and limits applied to every request."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens_limit: int = 1024
+    max_new_tokens: int = defaults.DEFAULT_MAX_NEW_TOKENS
+    temperature: float = defaults.DEFAULT_TEMPERATURE
+    top_p: float = defaults.DEFAULT_TOP_P
+    max_new_tokens_limit: int = defaults.MAX_NEW_TOKENS_LIMIT
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from llmstream import defaults
 from llmstream.modelsource import ModelSource, ModelSourceError, parse_source
 
 # Kubernetes' own patterns (apimachinery), so the CRD rejects what the API server would.
@@ -112,17 +113,17 @@ class ModelSpec(_Spec):
 class EngineDefaults(_Spec):
     """Sampling defaults for requests that give none."""
 
-    max_new_tokens: Annotated[int, Field(ge=1, le=1048576)] = 256
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    max_new_tokens: Annotated[int, Field(ge=1, le=1048576)] = defaults.DEFAULT_MAX_NEW_TOKENS
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = defaults.DEFAULT_TEMPERATURE
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = defaults.DEFAULT_TOP_P
 
 
 class EngineSpec(_Spec):
     """Continuous-batching engine limits of each inference replica."""
 
-    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
-    max_waiting: Annotated[int, Field(ge=0, le=100000)] = 64
-    max_new_tokens_limit: Annotated[int, Field(ge=1, le=1048576)] = 1024
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = defaults.MAX_BATCH_SIZE
+    max_waiting: Annotated[int, Field(ge=0, le=100000)] = defaults.MAX_WAITING
+    max_new_tokens_limit: Annotated[int, Field(ge=1, le=1048576)] = defaults.MAX_NEW_TOKENS_LIMIT
     defaults: EngineDefaults = EngineDefaults()
 
     @model_validator(mode="after")
@@ -179,8 +180,10 @@ class ScalingSpec(_Spec):
     target_active_streams: Annotated[int, Field(ge=1, le=100000)] = 8
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=86400)] = 60
     idle_seconds: Annotated[int, Field(ge=1, le=604800)] = 300
-    cold_start_timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 600
-    max_pending_streams: Annotated[int, Field(ge=0, le=100000)] = 100
+    cold_start_timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = (
+        defaults.COLD_START_TIMEOUT_S
+    )
+    max_pending_streams: Annotated[int, Field(ge=0, le=100000)] = defaults.MAX_PENDING_STREAMS
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Self:
@@ -195,7 +198,9 @@ class GatewaySpec(_Spec):
     replicas: Annotated[int, Field(ge=1, le=100)] = 1
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     api_key_secret_ref: SecretKeyRef | None = None
-    max_streams_per_connection: Annotated[int, Field(ge=1, le=1024)] = 8
+    max_streams_per_connection: Annotated[int, Field(ge=1, le=1024)] = (
+        defaults.MAX_STREAMS_PER_CONNECTION
+    )
 
 
 class EnvVar(_Spec):

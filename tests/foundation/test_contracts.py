@@ -115,3 +115,48 @@ def test_both_servers_bucket_ttft_and_duration_the_same_way() -> None:
     assert bucket_bounds(inference.registry, prefix.format("inference")) == list(TTFT_BUCKETS)
     duration = "llmstream_inference_request_duration_seconds"
     assert bucket_bounds(inference.registry, duration) == list(DURATION_BUCKETS)
+
+
+def test_each_default_is_the_same_wherever_it_is_stated() -> None:
+    """The CLIs, the engine and gateway configs and the LLMEndpoint spec (whose CRD copy
+    test_crd_schema compares) all take their defaults from llmstream/defaults.py."""
+    from llmstream_gateway.config import GatewayConfig
+    from llmstream_inference.engine import EngineConfig
+    from llmstream_inference.sampling import Defaults
+    from llmstream_operator.spec import parse_spec
+
+    from llmstream import defaults
+    from llmstream.cli import build_parser
+
+    inference = build_parser().parse_args(["inference", "serve"])
+    gateway = build_parser().parse_args(["gateway", "serve"])
+    spec = parse_spec({"model": {"source": "builtin://smollm2-135m-instruct"}})
+    engine, sampling, config = EngineConfig(), Defaults(), GatewayConfig()
+    stated = [
+        (defaults.MAX_BATCH_SIZE, [inference.max_batch_size, engine.max_batch_size,
+                                  spec.engine.max_batch_size]),
+        (defaults.MAX_WAITING, [inference.max_waiting, engine.max_waiting,
+                               spec.engine.max_waiting]),
+        (defaults.MAX_NEW_TOKENS_LIMIT, [inference.max_new_tokens_limit,
+                                        sampling.max_new_tokens_limit,
+                                        spec.engine.max_new_tokens_limit]),
+        (defaults.PREFILL_CHUNK_TOKENS, [inference.prefill_chunk_tokens,
+                                        engine.prefill_chunk_tokens]),
+        (defaults.DEFAULT_MAX_NEW_TOKENS, [inference.default_max_new_tokens,
+                                          sampling.max_new_tokens,
+                                          spec.engine.defaults.max_new_tokens]),
+        (defaults.DEFAULT_TEMPERATURE, [inference.default_temperature, sampling.temperature,
+                                       spec.engine.defaults.temperature]),
+        (defaults.DEFAULT_TOP_P, [inference.default_top_p, sampling.top_p,
+                                 spec.engine.defaults.top_p]),
+        (defaults.MAX_PENDING_STREAMS, [gateway.max_pending_streams, config.max_pending_streams,
+                                       spec.scaling.max_pending_streams]),
+        (defaults.COLD_START_TIMEOUT_S, [gateway.cold_start_timeout, config.cold_start_timeout_s,
+                                        spec.scaling.cold_start_timeout_seconds]),
+        (defaults.MAX_STREAMS_PER_CONNECTION, [gateway.max_streams_per_connection,
+                                              config.max_streams_per_connection,
+                                              spec.gateway.max_streams_per_connection]),
+    ]  # fmt: skip
+    assert [(value, set(seen)) for value, seen in stated] == [
+        (value, {value}) for value, _ in stated
+    ]

@@ -1,0 +1,21 @@
+"""Defaults that more than one place states: the inference server's CLI and engine, the
+gateway's CLI and config, and the LLMEndpoint spec (whose CRD copy a test compares). Each of
+them reads its default from here."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# The inference engine: scheduling limits and sampling defaults.
+MAX_BATCH_SIZE: Final = 16
+MAX_WAITING: Final = 64
+MAX_NEW_TOKENS_LIMIT: Final = 1024
+PREFILL_CHUNK_TOKENS: Final = 256
+DEFAULT_MAX_NEW_TOKENS: Final = 256
+DEFAULT_TEMPERATURE: Final = 0.7
+DEFAULT_TOP_P: Final = 0.95
+
+# The gateway: holding streams at zero, and WebSocket multiplexing.
+MAX_PENDING_STREAMS: Final = 100
+COLD_START_TIMEOUT_S: Final = 600
+MAX_STREAMS_PER_CONNECTION: Final = 8
