@@ -151,7 +151,8 @@ class Usage(BaseModel):
 
 
 class Timing(BaseModel):
-    ttft_ms: float | None
+    # None (and left out by encoders that drop nulls) when no token was produced.
+    ttft_ms: float | None = None
     duration_ms: float
 
 

@@ -1,0 +1,74 @@
+"""The token event's three renderings agree: what the inference server encodes (SSE of
+`wire.TokenEvent`), what the gateway decodes from it (`relay.Token`), and the frame the
+gateway builds for its clients by hand (`protocol.token_frame`) parse to the same event.
+Likewise `done` and `error`. Drawn by hypothesis over any text a model can produce."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from llmstream_gateway.protocol import token_frame
+from llmstream_gateway.relay import SseParser, Token, decode_event
+from llmstream_inference.httpio import sse
+
+from llmstream.wire import DoneEvent, ErrorCode, ErrorEvent, Timing, TokenEvent, Usage
+
+WIRE = settings(max_examples=300, deadline=None, database=None, derandomize=True)
+# Any text a detokenizer can emit: every code point but lone surrogates (not UTF-8).
+texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+ids = st.one_of(st.none(), texts)
+
+
+def relayed(encoded: bytes, cut: int) -> list[object]:
+    """What the gateway decodes from `encoded`, delivered in two reads split at `cut`."""
+    parser = SseParser()
+    cut = cut % (len(encoded) + 1)
+    pairs = [*parser.feed(encoded[:cut]), *parser.feed(encoded[cut:])]
+    return [decode_event(name, data) for name, data in pairs]
+
+
+@WIRE
+@given(texts, st.integers(min_value=0, max_value=2**31), ids, st.integers(min_value=0))
+def test_a_token_survives_the_inference_encoder_and_the_gateway_decoder(
+    text: str, index: int, stream_id: str | None, cut: int
+) -> None:
+    encoded = sse("token", TokenEvent(id=stream_id, text=text, index=index))
+    [token] = relayed(encoded, cut)
+    assert isinstance(token, Token)
+    assert (token.text, token.index) == (text, index)
+
+
+@WIRE
+@given(texts, st.integers(min_value=0, max_value=2**31), ids)
+def test_the_hand_built_client_frame_is_the_wire_token_event(
+    text: str, index: int, stream_id: str | None
+) -> None:
+    frame = token_frame(stream_id, text, index)
+    assert TokenEvent.model_validate_json(frame) == TokenEvent(id=stream_id, text=text, index=index)
+    assert json.loads(frame) == {"type": "token", "id": stream_id, "text": text, "index": index}
+
+
+@WIRE
+@given(
+    st.sampled_from(["stop", "length", "cancelled"]),
+    st.integers(min_value=0, max_value=10**6),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=1e6)),
+    texts,
+    st.sampled_from(list(ErrorCode)),
+    st.integers(min_value=0),
+)
+def test_done_and_error_survive_the_round_trip(
+    reason: str, tokens: int, ttft: float | None, message: str, code: ErrorCode, cut: int
+) -> None:
+    done = DoneEvent(
+        finish_reason=reason,  # type: ignore[arg-type]
+        usage=Usage(prompt_tokens=3, completion_tokens=tokens),
+        timing=Timing(ttft_ms=ttft, duration_ms=5.0),
+    )
+    error = ErrorEvent(code=code, message=message)
+    encoded = sse("done", done) + sse("error", error)
+    decoded_done, decoded_error = relayed(encoded, cut)
+    assert decoded_done == done
+    assert decoded_error == error
