@@ -43,13 +43,9 @@ from .relay import (
     open_stream,
     read_events,
 )
+from .retry import Decision, Tries, after_failure
 
 log = logging.getLogger("llmstream.gateway")
-
-# A backend that refused a connection is skipped this long before it is tried again.
-CONNECT_FAILURE_COOL_DOWN_S = 1.0
-# 429 answers a stream may collect (each followed by a requeue) before it gives up.
-MAX_BUSY_REQUEUES = 20
 
 
 class ClientGoneError(Exception):
@@ -162,7 +158,7 @@ class StreamRunner:
             await sink.queued(reason, position)
 
         avoid: frozenset[str] = frozenset()
-        failures = busy = 0
+        tries = Tries()
         while True:
             try:
                 backend = await self.activator.acquire(notify, avoid)
@@ -185,45 +181,36 @@ class StreamRunner:
                 return
             except BackendBusyError as exc:
                 self.metrics.backend_error("busy")
-                self.activator.cool_down(backend, exc.retry_after_s)
-                busy += 1
-                if busy > MAX_BUSY_REQUEUES:
-                    record.outcome = "rejected"
-                    await sink.error(
-                        ErrorEvent(
-                            code=ErrorCode.OVERLOADED,
-                            message="every inference backend is full; try again later",
-                            retry_after_s=exc.retry_after_s,
-                        )
-                    )
-                    return
+                decision = after_failure(
+                    tries, "busy", tokens_sent=False, retry_after_s=exc.retry_after_s
+                )
+                self._cool_down(backend, decision)
             except (BackendUnavailableError, BackendBrokenError) as exc:
                 self.metrics.backend_error(exc.reason)
-                if isinstance(exc, BackendUnavailableError) and exc.reason == "connect":
-                    self.activator.cool_down(backend, CONNECT_FAILURE_COOL_DOWN_S)
                 log.warning("stream %s: %s", record.stream_id, exc)
-                record.outcome = "error"
-                if record.token_events:
-                    await sink.error(
-                        ErrorEvent(
-                            code=ErrorCode.BACKEND_FAILED,
-                            message="the inference backend failed mid-stream; the answer is "
-                            "incomplete",
-                        )
-                    )
-                    return
-                failures += 1
-                if failures > 1:
-                    await sink.error(
-                        ErrorEvent(
-                            code=ErrorCode.BACKEND_UNAVAILABLE,
-                            message=f"no inference backend could serve the stream: {exc}",
-                        )
-                    )
-                    return
+                decision = after_failure(
+                    tries,
+                    "failed",
+                    tokens_sent=record.token_events > 0,
+                    reason=exc.reason,
+                    detail=str(exc),
+                )
+                self._cool_down(backend, decision)
             finally:
                 self.activator.release(backend)
+            if decision.give_up is not None:
+                record.outcome = (
+                    "rejected" if decision.give_up.code is ErrorCode.OVERLOADED else "error"
+                )
+                await sink.error(decision.give_up)
+                return
+            tries = decision.tries
             avoid = avoid | {backend.url}
+
+    def _cool_down(self, backend: Backend, decision: Decision) -> None:
+        """Before the backend is released, so no held stream is placed on it meanwhile."""
+        if decision.cool_down_s is not None:
+            self.activator.cool_down(backend, decision.cool_down_s)
 
     async def _attempt(
         self, backend: Backend, body: bytes, sink: StreamSink, record: StreamRecord

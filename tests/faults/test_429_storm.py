@@ -26,7 +26,7 @@ from faults.support import (
 )
 from gateway.conftest import BackendFactory
 from gateway_support import wait_for
-from llmstream_gateway.streams import MAX_BUSY_REQUEUES
+from llmstream_gateway.retry import MAX_BUSY_REQUEUES
 
 from llmstream.wire import ErrorCode
 
