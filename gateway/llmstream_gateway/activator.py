@@ -81,9 +81,28 @@ class ColdStartTimeoutError(Exception):
     """No backend became ready within the cold-start timeout."""
 
 
+class Slot:
+    """One stream's place on a backend, handed out with its release (as KubeAI's load
+    balancer hands out an address with its done function). `release` gives the slot back
+    once; a second call does nothing, so no error path can free a slot twice."""
+
+    __slots__ = ("_on_release", "backend", "released")
+
+    def __init__(self, backend: Backend, on_release: Callable[[Backend], None]) -> None:
+        self.backend = backend
+        self.released = False
+        self._on_release = on_release
+
+    def release(self) -> None:
+        """The stream ended on this backend: its slot may go to the next held stream."""
+        if not self.released:
+            self.released = True
+            self._on_release(self.backend)
+
+
 @dataclass
 class _Waiter:
-    future: asyncio.Future[Backend]
+    future: asyncio.Future[Slot]
     avoid: frozenset[str]
 
 
@@ -110,8 +129,8 @@ class Activator:
         self,
         notify: Callable[[HoldReason, int], Awaitable[None]],
         avoid: frozenset[str] = frozenset(),
-    ) -> Backend:
-        """A backend slot for one stream (its `active` count already taken).
+    ) -> Slot:
+        """A backend slot for one stream (its `active` count taken until `Slot.release`).
 
         When none is free the stream is held and `notify(reason, position)` is awaited once.
         Raises OverloadedError at the pending cap or after waiting too long for capacity, and
@@ -123,8 +142,7 @@ class Activator:
         decision = admit(len(self._queue), self.max_pending, chosen is not None)
         reason = hold_reason(self.backends.any_ready())
         if decision == "assign" and chosen is not None:
-            chosen.active += 1
-            return chosen
+            return self._grant(chosen)
         if decision == "reject":
             raise OverloadedError(
                 f"{len(self._queue)} streams are already waiting ({reason}); try again later",
@@ -142,7 +160,7 @@ class Activator:
             self._forget(waiter)
             raise
 
-    async def _wait(self, waiter: _Waiter, deadline: float) -> Backend:
+    async def _wait(self, waiter: _Waiter, deadline: float) -> Slot:
         while True:
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -166,11 +184,16 @@ class Activator:
         if waiter in self._queue:
             self._queue.remove(waiter)
         elif waiter.future.done() and not waiter.future.cancelled():
-            self.release(waiter.future.result())
+            waiter.future.result().release()
         waiter.future.cancel()
 
-    def release(self, backend: Backend) -> None:
-        """A stream on `backend` ended: its slot may go to the next held stream."""
+    def _grant(self, backend: Backend) -> Slot:
+        """The only place a slot is taken; `_give_back` (through the Slot) the only one it is
+        returned."""
+        backend.active += 1
+        return Slot(backend, self._give_back)
+
+    def _give_back(self, backend: Backend) -> None:
         backend.active -= 1
         self.place_waiting()
 
@@ -195,8 +218,7 @@ class Activator:
             if chosen is None:
                 break
             self._queue.popleft()
-            chosen.active += 1
-            head.future.set_result(chosen)
+            head.future.set_result(self._grant(chosen))
         self._arm_placement_timer(now)
 
     def _arm_placement_timer(self, now: float) -> None:

@@ -161,7 +161,7 @@ class StreamRunner:
         tries = Tries()
         while True:
             try:
-                backend = await self.activator.acquire(notify, avoid)
+                slot = await self.activator.acquire(notify, avoid)
             except OverloadedError as exc:
                 record.outcome = "rejected"
                 await sink.error(
@@ -176,6 +176,7 @@ class StreamRunner:
                 return
             if record.held_warming_since is not None and record.cold_wait_s is None:
                 record.cold_wait_s = self.clock() - record.held_warming_since
+            backend = slot.backend
             try:
                 await self._attempt(backend, body, sink, record)
                 return
@@ -197,7 +198,7 @@ class StreamRunner:
                 )
                 self._cool_down(backend, decision)
             finally:
-                self.activator.release(backend)
+                slot.release()
             if decision.give_up is not None:
                 record.outcome = (
                     "rejected" if decision.give_up.code is ErrorCode.OVERLOADED else "error"

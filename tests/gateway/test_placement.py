@@ -59,7 +59,7 @@ async def test_a_stream_held_behind_a_cool_down_is_placed_when_it_ends(rate: flo
     activator.cool_down(backend, 0.05)  # as after a 429
     started = time.monotonic()
     placed = await asyncio.wait_for(activator.acquire(lambda *_: hold()), timeout=3.0)
-    assert placed is backend
+    assert placed.backend is backend
     assert 0.04 <= time.monotonic() - started < 1.5
 
 
@@ -69,11 +69,11 @@ async def test_a_cool_down_that_starts_while_streams_are_held_re_arms_placement(
     waiting = asyncio.create_task(activator.acquire(lambda *_: hold()))
     await asyncio.sleep(0.01)
     assert activator.pending == 1
-    activator.cool_down(first, 0.05)  # its stream got a 429 ...
-    activator.release(first)  # ... and gave the slot back: room only after the cool-down
+    activator.cool_down(first.backend, 0.05)  # its stream got a 429 ...
+    first.release()  # ... and gave the slot back: room only after the cool-down
     assert activator.pending == 1
     placed = await asyncio.wait_for(waiting, timeout=3.0)
-    assert placed is backend
+    assert placed.backend is backend
 
 
 async def test_rounds_of_cool_downs_never_wedge_placement() -> None:
@@ -82,5 +82,17 @@ async def test_rounds_of_cool_downs_never_wedge_placement() -> None:
     for _ in range(200):
         activator.cool_down(backend, 0.002)
         got = await asyncio.wait_for(activator.acquire(lambda *_: hold()), timeout=2.0)
-        activator.release(got)
+        got.release()
     assert (backend.active, activator.pending) == (0, 0)
+
+
+async def test_a_slot_is_given_back_once_however_often_it_is_released() -> None:
+    activator, backend = activator_on_one_backend(1.0, capacity=2)
+    one = await activator.acquire(lambda *_: hold())
+    two = await activator.acquire(lambda *_: hold())
+    assert backend.active == 2
+    one.release()
+    one.release()  # an error path that releases again must not free `two`'s slot
+    assert (backend.active, one.released, two.released) == (1, True, False)
+    two.release()
+    assert backend.active == 0
