@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_until(
+    process: subprocess.Popen[bytes],
+    output: Callable[[], str],
+    ready: Callable[[], bool],
+    failure: str,
+    within_s: float,
+) -> None:
+    """Poll `ready` until it holds; RuntimeError with the log tail if the process exits or
+    `within_s` passes first."""
+    deadline = time.monotonic() + within_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early ({failure}):\n{output()[-3000:]}")
+        try:
+            if ready():
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{failure}:\n{output()[-3000:]}")
+        time.sleep(0.2)
+
+
 @dataclass
 class InferenceProcess:
     """`llmstream inference serve` running as a child process."""
@@ -41,18 +64,11 @@ class InferenceProcess:
 
     def wait_ready(self, within_s: float = 120.0) -> None:
         """Block until /readyz answers 200; RuntimeError with the log tail otherwise."""
-        deadline = time.monotonic() + within_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"inference server exited early:\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"inference server not ready:\n{self.output()[-3000:]}")
-            time.sleep(0.2)
+
+        def ready() -> bool:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+
+        wait_until(self.process, self.output, ready, "inference server not ready", within_s)
 
     def running_sequences(self) -> float:
         """The server's own gauge of sequences in its running batch."""
@@ -117,19 +133,12 @@ class GatewayProcess:
     def wait_ready(self, within_s: float = 60.0) -> None:
         """Block until /readyz counts a ready backend; RuntimeError with the log tail
         otherwise."""
-        deadline = time.monotonic() + within_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.output()[-3000:]}")
-            try:
-                ready = httpx.get(f"{self.url}/readyz", timeout=1)
-                if ready.status_code == 200 and ready.json().get("backends_ready"):
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway saw no ready backend:\n{self.output()[-3000:]}")
-            time.sleep(0.2)
+
+        def ready() -> bool:
+            answer = httpx.get(f"{self.url}/readyz", timeout=1)
+            return answer.status_code == 200 and bool(answer.json().get("backends_ready"))
+
+        wait_until(self.process, self.output, ready, "gateway saw no ready backend", within_s)
 
     def stop(self) -> None:
         """SIGTERM (the gateway drains) and reap the process."""
