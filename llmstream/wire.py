@@ -224,12 +224,15 @@ def request_timeout_response(body: bytes) -> bytes:
     )
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, root: str = "") -> str:
     """Render a pydantic error as one line naming each bad field, e.g.
-    `params.temperature: Input should be greater than or equal to 0 (got -1)`."""
+    `params.temperature: Input should be greater than or equal to 0 (got -1)`. `root` names
+    the object the fields belong to (`spec` for an LLMEndpoint's); without it a problem with
+    the whole input is said of the `body`."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",)) or "body"
+        path = [str(p) for p in err["loc"] if p not in ("function-after",)]
+        loc = ".".join([root, *path] if root else path) or "body"
         if err["type"] == "extra_forbidden":
             parts.append(f"{loc}: unknown field")
             continue

@@ -23,6 +23,7 @@ from pydantic.alias_generators import to_camel
 
 from llmstream import defaults
 from llmstream.modelsource import ModelSource, ModelSourceError, parse_source
+from llmstream.wire import describe_validation_error
 
 # Kubernetes' own patterns (apimachinery), so the CRD rejects what the API server would.
 QUANTITY_PATTERN = (
@@ -239,10 +240,4 @@ def parse_spec(raw: Any) -> LLMEndpointSpec:
     try:
         return LLMEndpointSpec.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            where = (
-                "spec." + ".".join(str(part) for part in error["loc"]) if error["loc"] else "spec"
-            )
-            problems.append(f"{where}: {error['msg']}")
-        raise SpecError("; ".join(problems)) from None
+        raise SpecError(describe_validation_error(exc, root="spec")) from None
