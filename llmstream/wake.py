@@ -14,8 +14,13 @@ from typing import Any, Final
 
 from .timefmt import parse_rfc3339, rfc3339_micro
 
-LEASE_API_VERSION: Final = "coordination.k8s.io/v1"
+LEASE_GROUP: Final = "coordination.k8s.io"
+LEASE_VERSION: Final = "v1"
+LEASE_API_VERSION: Final = f"{LEASE_GROUP}/{LEASE_VERSION}"
 LEASE_KIND: Final = "Lease"
+LEASE_PLURAL: Final = "leases"
+# (group, version, plural) as kopf takes a resource.
+LEASE_RESOURCE: Final = (LEASE_GROUP, LEASE_VERSION, LEASE_PLURAL)
 LEASE_SUFFIX: Final = "-wake"
 # The `app.kubernetes.io/component` label of the Lease, which the operator's watch selects.
 COMPONENT: Final = "wake"

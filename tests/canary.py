@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from gateway_support import sse_events
 
 # Tokens each canary stream asks for (greedy), and its prompt: the tiny model's context is
 # 512 tokens, and greedy decoding of this prompt does not reach EOS within it.
@@ -112,9 +113,8 @@ class Canary:
                 if response.status != 200:
                     run.problem = f"HTTP {response.status}: {await response.text()}"
                     return
-                async for line in response.content:
-                    if line.startswith(b"data: "):
-                        self._on_event(run, json.loads(line[6:]))
+                async for _, data in sse_events(response):
+                    self._on_event(run, json.loads(data))
             if run.done is None and run.problem is None:
                 run.problem = "the event stream ended without done"
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from llmstream_gateway.relay import SseParser
 from llmstream_gateway.server import Gateway
 from servers import free_port
 from testsupport import require_tool
@@ -147,6 +148,15 @@ class RunningGateway:
     @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://") + "/v1/ws"
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
+    """(event name, data) of each event of an SSE response, read with the gateway's own
+    parser as the bytes arrive."""
+    parser = SseParser()
+    async for chunk in response.content.iter_any():
+        for event in parser.feed(chunk):
+            yield event
 
 
 async def wait_for(condition: Callable[[], bool], within_s: float = 5.0) -> None:

@@ -18,6 +18,9 @@ HEAD = (
     b"Accept: application/json\r\n\r\n"
 )
 DRIBBLE_S = 0.3
+# The tests' header and body timeout, and how late a 408 may come on a busy machine.
+TIMEOUT_S = 1.0
+SLACK_S = 3.0
 
 
 @dataclass
@@ -105,3 +108,18 @@ def post_head(path: str, body: bytes) -> bytes:
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
+
+
+def assert_timed_out(
+    response: RawResponse, since: float, part: str, error_type: str | None = None
+) -> None:
+    """A 408 that came after the timeout (not before), says what was late, and closes; with
+    `error_type`, the error body's `type` too."""
+    assert response.status == 408
+    assert response.headers["connection"] == "close"
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    if error_type is not None:
+        assert error["type"] == error_type
+    assert part in error["message"]
+    assert TIMEOUT_S - 0.1 <= response.at - since < TIMEOUT_S + SLACK_S

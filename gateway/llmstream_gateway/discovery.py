@@ -1,7 +1,7 @@
 """Where the backends come from: a static list probed on `/readyz`, or EndpointSlices.
 
-`readiness_from_slices` is the pure half of Kubernetes discovery (EndpointSlice dicts ->
-url -> ready); the watch loop that feeds it lives in `k8s.py`.
+The pure half of Kubernetes discovery, EndpointSlice dicts -> url -> ready, is shared with
+the operator (`llmstream/endpointslices.py`); the watch loop that feeds it lives in `k8s.py`.
 """
 
 from __future__ import annotations
@@ -9,28 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 import aiohttp
 
-from llmstream import endpointslices
 from llmstream.addressmap import AddressMapping, mapped_url
 
 from .backends import BackendSet
-from .config import INFERENCE_PORT_NAME
 
 log = logging.getLogger("llmstream.gateway.discovery")
 PROBE_TIMEOUT_S = 5.0
 # Like a kubelet readiness probe's failureThreshold: a busy backend that misses one probe
 # keeps its streams coming; three misses in a row take it out of rotation.
 PROBE_FAILURE_THRESHOLD = 3
-
-
-def readiness_from_slices(
-    slices: Iterable[Mapping[str, Any]], port_name: str = INFERENCE_PORT_NAME
-) -> dict[str, bool]:
-    """Backend URLs and readiness from the inference Service's EndpointSlices."""
-    return endpointslices.readiness(slices, port_name)
 
 
 def mapped_readiness(

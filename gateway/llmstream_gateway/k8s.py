@@ -2,7 +2,7 @@
 
 Both use the asyncio Kubernetes client with the pod's service account (in-cluster config), or
 with a kubeconfig (`--kubeconfig`) when the gateway runs outside the cluster;
-the decisions they apply are pure (`readiness_from_slices`, `should_wake`).
+the decisions they apply are pure (`llmstream.endpointslices.readiness`, `should_wake`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio import watch as kwatch
 
-from llmstream import wake
+from llmstream import endpointslices, wake
 from llmstream.addressmap import AddressMapping, mapped_url
 
 from .activator import WAKE_MIN_INTERVAL_S, should_wake
 from .backends import BackendSet
-from .discovery import mapped_readiness, readiness_from_slices
+from .config import INFERENCE_PORT_NAME
+from .discovery import mapped_readiness
 
 log = logging.getLogger("llmstream.gateway.kubernetes")
 WATCH_TIMEOUT_S = 300
@@ -80,7 +81,7 @@ class KubernetesDiscovery:
         self._mapped_seen: set[str] = set()
 
     def _apply(self) -> None:
-        readiness = readiness_from_slices(self.slices.values())
+        readiness = endpointslices.readiness(self.slices.values(), INFERENCE_PORT_NAME)
         if self.address_map:
             self._log_new_mappings(readiness)
             readiness = mapped_readiness(readiness, self.address_map)

@@ -113,10 +113,11 @@ def _end_broken_body(handler: RequestHandler, queued_before: int) -> None:
     ends: its handler would wait for the body timeout. End it with the parser's error, which
     `read_json` answers with 400. aiohttp keeps all three parts private (`_messages`,
     `_ErrInfo`, `_current_request`); tests/gateway/test_slow_peers.py fails if they move."""
+    messages = handler._messages
     request = handler._current_request
-    if request is None:
-        return
-    for message, _ in list(handler._messages)[queued_before:]:
+    if request is None or len(messages) <= queued_before:
+        return  # the usual case, every packet of a stream: nothing new was parsed
+    for message, _ in list(messages)[queued_before:]:
         if isinstance(message, _ErrInfo):
             request.content.set_exception(web.RequestPayloadError(message.message))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmstream.modelsource import PVC_ROOT_ENV
-from llmstream.wake import LEASE_API_VERSION, LEASE_KIND
+from llmstream.wake import LEASE_API_VERSION, LEASE_GROUP, LEASE_KIND, LEASE_PLURAL
 from llmstream.wire import GATEWAY_SHUTDOWN_DRAIN_S
 
 from . import names
@@ -486,8 +486,8 @@ def gateway_role(owner: Owner) -> Manifest:
                 "verbs": ["get", "list", "watch"],
             },
             {
-                "apiGroups": [LEASE_API_VERSION.split("/")[0]],
-                "resources": ["leases"],
+                "apiGroups": [LEASE_GROUP],
+                "resources": [LEASE_PLURAL],
                 "resourceNames": [names.wake_name(owner.name)],
                 "verbs": ["get", "patch"],
             },

@@ -56,7 +56,7 @@ CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
     ("apps", "v1", "deployments"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
-    ("coordination.k8s.io", "v1", "leases"),
+    wake_signal.LEASE_RESOURCE,
 )
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 WAKE_LEASES = {**MANAGED, names.LABEL_COMPONENT: names.WAKE}
@@ -204,9 +204,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             return {}
         return {(namespace, labels[names.LABEL_SERVICE_NAME]): tuple(gateway_urls(body))}
 
-    @kopf.index(
-        "coordination.k8s.io", "v1", "leases", labels=WAKE_LEASES, registry=registry, id=WAKES_INDEX
-    )
+    @kopf.index(*wake_signal.LEASE_RESOURCE, labels=WAKE_LEASES, registry=registry, id=WAKES_INDEX)
     def index_wakes(
         namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], float | None]:
@@ -414,9 +412,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         if namespace is not None and event.get("type") == "DELETED":
             runtime.forget(namespace, name)
 
-    @kopf.on.event(
-        "coordination.k8s.io", "v1", "leases", labels=WAKE_LEASES, registry=registry, id="wake"
-    )
+    @kopf.on.event(*wake_signal.LEASE_RESOURCE, labels=WAKE_LEASES, registry=registry, id="wake")
     async def wake(
         event: kopf.RawEvent,
         body: kopf.Body,
@@ -434,12 +430,11 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         owners = {ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences", [])}
         if parent is None or parent.deleting or parent.uid not in owners:
             return
-        raw = (body.get("spec") or {}).get("renewTime")
         wake_at = wake_signal.requested_at(body)
         state = runtime.state(namespace, parent.name)
-        if wake_at is None or raw == state.wake_seen:
+        if wake_at is None or wake_at == state.wake_seen:
             return
-        state.wake_seen = raw
+        state.wake_seen = wake_at
         try:
             parsed = parse_spec(parent.spec)
         except SpecError:

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from llmstream.wake import LEASE_KIND, LEASE_PLURAL
+
 from . import names
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -30,7 +32,7 @@ PLURALS: dict[str, str] = {
     "RoleBinding": "rolebindings",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "NetworkPolicy": "networkpolicies",
-    "Lease": "leases",
+    LEASE_KIND: LEASE_PLURAL,
     names.KIND: names.PLURAL,
 }
 

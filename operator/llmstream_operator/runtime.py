@@ -55,7 +55,7 @@ class EndpointState:
     last_active_at: float | None = None
     desired: int | None = None  # the autoscaler's last applied decision
     last_scale_at: float | None = None
-    wake_seen: str | None = None  # the wake Lease renewTime last acted upon
+    wake_seen: float | None = None  # the wake Lease renewTime last acted upon
     wake_recorded: float | None = None  # the wake whose latency is already measured
     failure: str | None = None  # a permanent apply error shown in status until fixed
 

@@ -12,13 +12,13 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
-from gateway_support import FakeBackend
+from gateway_support import FakeBackend, sse_events
 from prometheus_client.parser import text_string_to_metric_families
 from servers import GatewayProcess, start_gateway
 
@@ -195,21 +195,6 @@ class StreamResult:
         return self
 
 
-async def _sse_blocks(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
-    """(event name, data) of each SSE block of `response`."""
-    name, data = "message", []
-    async for raw in response.content:
-        line = raw.decode().rstrip("\r\n")
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif not line:
-            if data:
-                yield name, "\n".join(data)
-            name, data = "message", []
-
-
 async def _http_error(result: StreamResult, response: aiohttp.ClientResponse) -> None:
     """An error answered as an HTTP status: one `error` event carrying the body's code."""
     result.retry_after = response.headers.get("Retry-After")
@@ -234,7 +219,7 @@ def sse_stream(
                 if response.status != 200:
                     await _http_error(result, response)
                     return
-                async for _, data in _sse_blocks(response):
+                async for _, data in sse_events(response):
                     result.add(json.loads(data))
                     if result.leaves_now(disconnect_after):
                         response.close()  # the client goes away mid-stream
@@ -267,7 +252,7 @@ def openai_stream(
                 if response.status != 200:
                     await _http_error(result, response)
                     return
-                async for _, data in _sse_blocks(response):
+                async for _, data in sse_events(response):
                     if data == "[DONE]":
                         result.openai_done = True
                         continue

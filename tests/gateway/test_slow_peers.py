@@ -13,21 +13,27 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
+import httpx
 import pytest
 from gateway_support import collect
 from llmstream_gateway import slowpeers
 from llmstream_gateway.config import GatewayConfig
 from llmstream_gateway.server import RedactingAccessLogger, app_runner
 from llmstream_gateway.server import create_app as create_gateway
-from servers import free_port
-from slow_clients import HEAD, RawResponse, connection, dribbling, post_head
+from servers import free_port, wait_until
+from slow_clients import (
+    HEAD,
+    SLACK_S,
+    TIMEOUT_S,
+    RawResponse,
+    assert_timed_out,
+    connection,
+    dribbling,
+    post_head,
+)
 
 from llmstream.wire import KEEPALIVE_TIMEOUT_S
 
-TIMEOUT_S = 1.0
-# How late a 408 may come on a busy machine (the dribbles below take 10 s and more).
-SLACK_S = 3.0
 BODY = json.dumps({"prompt": "hi", "params": {"max_new_tokens": 2}}).encode()
 
 
@@ -41,16 +47,6 @@ async def slow_gateway(backend, gateway):
     return await gateway(
         backends=(backend.url,), header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S
     )
-
-
-def assert_timed_out(response: RawResponse, since: float, part: str) -> None:
-    """A 408 that came after the timeout (not before), says what was late, and closes."""
-    assert response.status == 408
-    assert response.headers["connection"] == "close"
-    error = response.json()["error"]
-    assert error["code"] == "invalid_request"
-    assert part in error["message"]
-    assert TIMEOUT_S - 0.1 <= response.at - since < TIMEOUT_S + SLACK_S
 
 
 async def test_a_silent_connection_gets_408_and_is_closed(slow_gateway):
@@ -171,7 +167,11 @@ def test_the_gateway_process_takes_the_timeouts_from_its_flags(tmp_path: Path) -
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        asyncio.run(_wait_until_serving(url, process))
+
+        def serving() -> bool:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+
+        wait_until(process, log.read_text, serving, "the gateway did not start", 30)
         response, opened = asyncio.run(_silent_response(url))
         assert_timed_out(response, opened, "headers")
         process.send_signal(signal.SIGTERM)
@@ -180,21 +180,6 @@ def test_the_gateway_process_takes_the_timeouts_from_its_flags(tmp_path: Path) -
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-async def _wait_until_serving(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert process.poll() is None, "the gateway exited"
-            try:
-                async with session.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            await asyncio.sleep(0.1)
 
 
 async def _silent_response(url: str) -> tuple[RawResponse, float]:
