@@ -22,7 +22,7 @@ from llmstream.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
-    GenerateRequest,
+    GenerateInput,
     HoldReason,
     SamplingParams,
     Seed,
@@ -93,7 +93,7 @@ class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[OpenAIMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
 
-    def to_native(self) -> GenerateRequest:
+    def to_native(self) -> GenerateInput:
         """The native request: `developer` turns count as `system`, text parts are joined."""
         messages = [
             ChatMessage(
@@ -105,18 +105,16 @@ class ChatCompletionRequest(_Sampling):
             for m in self.messages
         ]
         params = self.params(self.max_completion_tokens or self.max_tokens)
-        return GenerateRequest(messages=messages, params=params, stream=self.stream)
+        return GenerateInput(messages=messages, params=params)
 
 
 class CompletionRequest(_Sampling):
     prompt: str
     echo: Literal[False] | None = None
 
-    def to_native(self) -> GenerateRequest:
+    def to_native(self) -> GenerateInput:
         """The native request for a plain-prompt completion."""
-        return GenerateRequest(
-            prompt=self.prompt, params=self.params(self.max_tokens), stream=self.stream
-        )
+        return GenerateInput(prompt=self.prompt, params=self.params(self.max_tokens))
 
 
 def _finish_reason(reason: str) -> str:

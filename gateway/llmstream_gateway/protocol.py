@@ -23,7 +23,7 @@ from llmstream.wire import (
     ErrorCode,
     ErrorEvent,
     GenerateFrame,
-    GenerateRequest,
+    GenerateInput,
     HoldReason,
     QueuedEvent,
     describe_validation_error,
@@ -91,20 +91,22 @@ def _frame_id(raw: dict[str, Any]) -> str | None:
     return None
 
 
-def request_from_frame(frame: GenerateFrame) -> GenerateRequest:
-    """The inference request carried by a generate frame (always streamed to the backend)."""
-    fields = frame.model_dump(exclude={"type", "id"}, exclude_none=True)
-    return GenerateRequest.model_validate({**fields, "stream": True})
-
-
-def request_from_plain(prompt: PlainPrompt) -> GenerateRequest:
+def request_from_plain(prompt: PlainPrompt) -> GenerateInput:
     """Plain mode asks as a chat turn so instruct models answer the way a person expects."""
-    return GenerateRequest(messages=[ChatMessage(role="user", content=prompt.text)], stream=True)
+    return GenerateInput(messages=[ChatMessage(role="user", content=prompt.text)])
 
 
-def backend_body(request: GenerateRequest) -> bytes:
-    """The JSON body POSTed to the inference server's `/v1/generate` (SSE)."""
-    data = request.model_dump(exclude_none=True)
+# Fields a client's request carries for the gateway, not for the inference server.
+_GATEWAY_ONLY = {"type", "id", "stream"}
+
+
+def backend_body(request: GenerateInput) -> bytes:
+    """The JSON body POSTed to the inference server's `/v1/generate`, always streamed (SSE).
+
+    `request` is whatever the client sent, validated once on arrival: a WebSocket generate
+    frame, a native `GenerateRequest`, or an OpenAI request translated to the native input.
+    It is dumped once here, as the stream starts; nothing re-validates it on the way."""
+    data = request.model_dump(exclude_none=True, exclude=_GATEWAY_ONLY)
     data["stream"] = True
     return json.dumps(data, separators=(",", ":")).encode()
 

@@ -23,7 +23,7 @@ from llmstream.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
-    GenerateRequest,
+    GenerateInput,
     HoldReason,
     Timing,
     Usage,
@@ -101,7 +101,7 @@ class StreamRunner:
 
     async def run(
         self,
-        request: GenerateRequest,
+        request: GenerateInput,
         sink: StreamSink,
         protocol: Proto,
         *,
@@ -149,7 +149,7 @@ class StreamRunner:
             self.metrics.stream_finished(record)
         return record
 
-    async def _run(self, request: GenerateRequest, sink: StreamSink, record: StreamRecord) -> None:
+    async def _run(self, request: GenerateInput, sink: StreamSink, record: StreamRecord) -> None:
         body = backend_body(request)
 
         async def notify(reason: HoldReason, position: int) -> None:

@@ -21,7 +21,7 @@ from llmstream.wire import (
     ErrorCode,
     ErrorEvent,
     GenerateFrame,
-    GenerateRequest,
+    GenerateInput,
     HoldReason,
 )
 
@@ -36,7 +36,6 @@ from .protocol import (
     error_frame,
     parse_client_frame,
     queued_frame,
-    request_from_frame,
     request_from_plain,
     token_frame,
 )
@@ -168,9 +167,9 @@ class WsConnection:
         if frame.id in self.streams:
             await self._reply_error(frame.id, f"stream id {frame.id!r} is already active")
             return
-        self._start(frame.id, request_from_frame(frame), JsonSink(self.ws, frame.id))
+        self._start(frame.id, frame, JsonSink(self.ws, frame.id))
 
-    def _start(self, stream_id: str, request: GenerateRequest, sink: JsonSink | PlainSink) -> None:
+    def _start(self, stream_id: str, request: GenerateInput, sink: JsonSink | PlainSink) -> None:
         control = StreamControl()
         task: asyncio.Task[object] = asyncio.create_task(
             self.runner.run(request, sink, "ws", client_id=stream_id, control=control)

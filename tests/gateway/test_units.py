@@ -21,12 +21,11 @@ from llmstream_gateway.protocol import (
     backend_body,
     error_frame,
     parse_client_frame,
-    request_from_frame,
     token_frame,
 )
 from llmstream_gateway.relay import SseParser, Token, decode_event, parse_retry_after
 
-from llmstream.wire import CancelFrame, ErrorCode, GenerateFrame
+from llmstream.wire import CancelFrame, ChatMessage, ErrorCode, GenerateFrame, GenerateRequest
 
 # --- frames ---------------------------------------------------------------------------------
 
@@ -57,11 +56,23 @@ def test_invalid_frame_error_keeps_the_id_when_it_was_given():
 def test_backend_body_always_streams_and_leaves_unset_params_to_the_server():
     frame = parse_client_frame('{"type":"generate","id":"a","prompt":"hi"}')
     assert isinstance(frame, GenerateFrame)
-    body = json.loads(backend_body(request_from_frame(frame)))
+    body = json.loads(backend_body(frame))
     assert body["stream"] is True
     assert "temperature" not in body["params"]
     assert "id" not in body
     assert "type" not in body
+    # What the inference server reads is the same request the client sent.
+    assert GenerateRequest.model_validate(body) == GenerateRequest(prompt="hi", stream=True)
+
+
+def test_backend_body_streams_a_non_streaming_native_request():
+    request = GenerateRequest(messages=[ChatMessage(role="user", content="hi")], stream=False)
+    body = json.loads(backend_body(request))
+    assert body == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "params": {"top_k": 0, "repetition_penalty": 1.0, "stop": [], "return_full_text": False},
+        "stream": True,
+    }
 
 
 def test_token_frame_is_compact_json_with_unicode_kept():
