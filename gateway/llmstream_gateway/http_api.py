@@ -18,6 +18,7 @@ from aiohttp.web_response import StreamResponse
 from pydantic import ValidationError
 
 from llmstream import jsonin
+from llmstream.errors import STATUS_BY_CODE, error_body, retry_after_header
 from llmstream.wire import (
     DoneEvent,
     ErrorCode,
@@ -33,17 +34,6 @@ from .metrics import Protocol
 from .protocol import done_frame, error_frame, queued_frame, token_frame
 from .streams import ClientGoneError, StreamRunner
 
-STATUS_BY_CODE = {
-    ErrorCode.INVALID_REQUEST: 400,
-    ErrorCode.CONTEXT_TOO_LONG: 400,
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.OVERLOADED: 429,
-    ErrorCode.COLD_START_TIMEOUT: 503,
-    ErrorCode.BACKEND_UNAVAILABLE: 503,
-    ErrorCode.BACKEND_FAILED: 502,
-    ErrorCode.INTERNAL: 500,
-}
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -54,18 +44,15 @@ SSE_HEADERS = {
 def error_response(
     code: ErrorCode, message: str, retry_after_s: float | None = None
 ) -> web.Response:
-    """`{"error":{"code","message"}}` with the status matching the code (and Retry-After)."""
+    """The shared error body (`llmstream.errors`) with the code's status (and Retry-After)."""
     headers = {}
     if retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(retry_after_s)))
+        headers["Retry-After"] = retry_after_header(retry_after_s)
     return web.json_response(
-        error_body(code, message), status=STATUS_BY_CODE[code], headers=headers
+        error_body(code, message, retry_after_s=retry_after_s),
+        status=STATUS_BY_CODE[code],
+        headers=headers,
     )
-
-
-def error_body(code: ErrorCode, message: str) -> dict[str, object]:
-    """`{"error":{"code","message","type"}}`, the body of every error reply."""
-    return {"error": {"code": code.value, "message": message, "type": code.value}}
 
 
 async def read_json(request: web.Request, timeout_s: float) -> object:
@@ -79,7 +66,7 @@ async def read_json(request: web.Request, timeout_s: float) -> object:
         async with asyncio.timeout(timeout_s):
             raw = await request.read()
     except TimeoutError:
-        body = error_body(ErrorCode.INVALID_REQUEST, body_timeout_message(timeout_s))
+        body = error_body(ErrorCode.INVALID_REQUEST, body_timeout_message(timeout_s), status=408)
         too_slow = web.HTTPRequestTimeout(text=json.dumps(body), content_type="application/json")
         too_slow.force_close()
         raise too_slow from None
@@ -107,7 +94,8 @@ def render_as_error_body(request: BaseRequest, response: StreamResponse) -> None
     ):
         return
     message = f"{request.method} {request.path[:200]}: {response.reason}"
-    response.text = json.dumps(error_body(ErrorCode.INVALID_REQUEST, message))
+    code = ErrorCode.INVALID_REQUEST if response.status < 500 else ErrorCode.INTERNAL
+    response.text = json.dumps(error_body(code, message, status=response.status))
     response.content_type = "application/json"
 
 

@@ -28,9 +28,10 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
+from llmstream.errors import error_body
 from llmstream.wire import ErrorCode, header_timeout_message, request_timeout_response
 
-from .http_api import error_body, render_as_error_body
+from .http_api import render_as_error_body
 
 log = logging.getLogger("llmstream.gateway")
 
@@ -89,7 +90,7 @@ class HeadDeadlineHandler(RequestHandler):
             return
         log.debug("%s: no whole request head within %g s", self.peername, self._header_timeout_s)
         message = header_timeout_message(self._header_timeout_s)
-        body = json.dumps(error_body(ErrorCode.INVALID_REQUEST, message)).encode()
+        body = json.dumps(error_body(ErrorCode.INVALID_REQUEST, message, status=408)).encode()
         self.transport.write(request_timeout_response(body))
         self.force_close()
 

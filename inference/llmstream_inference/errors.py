@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from llmstream.errors import error_body, retry_after_header
 from llmstream.wire import ErrorCode, describe_validation_error
 
 
@@ -29,28 +30,26 @@ class ApiError(Exception):
         self.close = close  # the connection is closed after the answer (Connection: close)
 
     def body(self) -> dict[str, object]:
-        """The JSON body: the protocol's `code` plus OpenAI's `type`/`param` for SDKs."""
-        error: dict[str, object] = {
-            "code": self.code.value,
-            "message": self.message,
-            "type": "invalid_request_error" if self.status < 500 else "server_error",
-            "param": self.param,
-        }
-        if self.retry_after_s is not None:
-            error["retry_after_s"] = self.retry_after_s
-        return {"error": error}
+        """The JSON body of the shared error contract (`llmstream.errors`)."""
+        return error_body(
+            self.code,
+            self.message,
+            status=self.status,
+            param=self.param,
+            retry_after_s=self.retry_after_s,
+        )
 
     def headers(self) -> dict[str, str]:
         headers = {}
         if self.retry_after_s is not None:
-            headers["Retry-After"] = str(self.retry_after_s)
+            headers["Retry-After"] = retry_after_header(self.retry_after_s)
         if self.close:
             headers["Connection"] = "close"
         return headers
 
 
 def invalid(exc: ValidationError) -> ApiError:
-    """422 for a body that failed validation, naming every bad field."""
+    """400 for a body that failed validation, naming every bad field (`param`: the first)."""
     first = exc.errors()[0]["loc"] if exc.errors() else ()
     param = ".".join(str(p) for p in first) or None
-    return ApiError(422, ErrorCode.INVALID_REQUEST, describe_validation_error(exc), param=param)
+    return ApiError(400, ErrorCode.INVALID_REQUEST, describe_validation_error(exc), param=param)

@@ -54,7 +54,7 @@ def _too_large(size: int, max_bytes: int) -> str:
 
 async def parse_body(request: Request, model: type[M], max_bytes: int, timeout_s: float) -> M:
     """Parse a JSON body into `model`; too large is 413, too slow 408, malformed JSON 400,
-    invalid fields 422."""
+    invalid fields 400."""
     raw = await read_body(request, max_bytes, timeout_s)
     try:
         data = jsonin.loads(raw)

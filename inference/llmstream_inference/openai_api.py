@@ -120,7 +120,7 @@ class CompletionRequest(_Request):
 
 
 def _native(body: ChatCompletionRequest | CompletionRequest) -> GenerateInput:
-    """The native request; a rule only it checks is still a 422 naming the field."""
+    """The native request; a rule only it checks is still a 400 naming the field."""
     try:
         return body.native()
     except ValidationError as exc:

@@ -127,7 +127,7 @@ class ServerState:
         try:
             sampling = resolve(request.params, self.config.defaults)
         except ParameterError as exc:
-            raise ApiError(422, ErrorCode.INVALID_REQUEST, str(exc), param=exc.field) from exc
+            raise ApiError(400, ErrorCode.INVALID_REQUEST, str(exc), param=exc.field) from exc
         chars = input_chars(request)
         if chars > engine.max_context * MAX_CHARS_PER_CONTEXT_TOKEN:
             raise ApiError(

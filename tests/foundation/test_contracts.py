@@ -1,5 +1,6 @@
 """Contracts two components share, read the same way by both: EndpointSlices (the gateway's
-backends, the operator's gateway pods) and the load report (gateway -> operator)."""
+backends, the operator's gateway pods), the load report (gateway -> operator), histogram
+buckets, defaults, and the HTTP error answer of both servers."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import json
 from typing import Any
 
 import pytest
+from llmstream_gateway.http_api import error_response
+from llmstream_inference.errors import ApiError
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from llmstream.buckets import DURATION_BUCKETS, TTFT_BUCKETS
 from llmstream.endpointslices import readiness, ready_urls
+from llmstream.errors import STATUS_BY_CODE, error_body
 from llmstream.loadreport import BackendLoad, LoadReport
+from llmstream.wire import ErrorCode
 
 SLICES: list[dict[str, Any]] = [
     {
@@ -160,3 +165,38 @@ def test_each_default_is_the_same_wherever_it_is_stated() -> None:
     assert [(value, set(seen)) for value, seen in stated] == [
         (value, {value}) for value, _ in stated
     ]
+
+
+def test_every_error_code_has_a_status_and_an_openai_type() -> None:
+    assert set(STATUS_BY_CODE) == set(ErrorCode)
+    for code, status in STATUS_BY_CODE.items():
+        error = error_body(code, "m")["error"]
+        assert isinstance(error, dict)
+        assert error["code"] == code.value
+        assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+        assert error["param"] is None
+        assert "retry_after_s" not in error
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "param", "retry_after_s"),
+    [
+        (ErrorCode.INVALID_REQUEST, 400, "params.top_k", None),
+        (ErrorCode.INVALID_REQUEST, 413, None, None),
+        (ErrorCode.OVERLOADED, 429, None, 3),
+        (ErrorCode.BACKEND_UNAVAILABLE, 503, None, 2),
+        (ErrorCode.INTERNAL, 500, None, None),
+    ],
+)
+def test_both_servers_answer_an_error_with_the_same_body_and_headers(
+    code: ErrorCode, status: int, param: str | None, retry_after_s: int | None
+) -> None:
+    inference = ApiError(status, code, "what went wrong", param=param, retry_after_s=retry_after_s)
+    expected = error_body(code, "what went wrong", param=param, retry_after_s=retry_after_s)
+    assert inference.body() == expected
+    if status == STATUS_BY_CODE[code] and param is None:
+        gateway = error_response(code, "what went wrong", retry_after_s)
+        assert gateway.status == status
+        assert gateway.text is not None
+        assert json.loads(gateway.text) == expected
+        assert gateway.headers.get("Retry-After") == inference.headers().get("Retry-After")

@@ -70,6 +70,7 @@ from rawclient import (
     ws_frame,
 )
 
+from llmstream.errors import openai_type
 from llmstream.wire import ErrorCode, GenerateFrame
 
 ANSWER_WITHIN_S = 10.0
@@ -283,6 +284,9 @@ def assert_error_body(reply: Reply, context: str) -> None:
     assert error["code"] in ERROR_CODES, f"{error} ({context})"
     assert isinstance(error["message"], str), f"{error} ({context})"
     assert error["message"], f"{error} ({context})"
+    # One contract at both servers (llmstream.errors): OpenAI's type for the status, and param.
+    assert error["type"] == openai_type(reply.status), f"{error} ({context})"
+    assert "param" in error, f"{error} ({context})"
 
 
 def send(port: int, request: HttpRequest) -> Reply:

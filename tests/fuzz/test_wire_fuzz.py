@@ -140,7 +140,7 @@ def test_every_native_body_is_a_request_or_a_named_error(raw: str) -> None:
     )
     if isinstance(refused, ValidationError):
         assert describe_validation_error(refused)
-        assert invalid(refused).status == 422
+        assert invalid(refused).status == 400
         return
     named = refusal(lambda: resolve(requests[0].params, Defaults()), ParameterError)
     assert named is None or (isinstance(named, ParameterError) and named.field)
@@ -162,7 +162,7 @@ def test_every_openai_body_is_a_request_or_a_named_error_at_both_servers(
     case: tuple[dict[str, Any], str],
 ) -> None:
     body, kind = case
-    # The inference server answers a ValidationError of parse_body with 422; what comes
+    # The inference server answers a ValidationError of parse_body with 400; what comes
     # after (.native(), building the native request) has no handler: it must not raise.
     model = (
         inference_openai.ChatCompletionRequest
