@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import kopf
 
-from .handlers import build_registry
+from .handlers import build_registry, operator_memo
 from .kube import KubeAccess, KubeClient
 from .loadprobe import HttpLoadProbe, LoadProbe
 from .runtime import OperatorRuntime, OperatorSettings
@@ -48,7 +48,8 @@ async def run_operator(
     settings = runtime.settings
     try:
         await kopf.operator(
-            registry=build_registry(runtime),
+            registry=build_registry(settings),
+            memo=operator_memo(runtime),
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),

@@ -272,8 +272,8 @@ def test_operator_is_secured_exactly_like_the_inference_pods(
     default_render: list[Manifest],
 ) -> None:
     pod = one(default_render, "Deployment")["spec"]["template"]["spec"]
-    assert pod["securityContext"] == builders._pod_security()
-    assert operator_container(default_render)["securityContext"] == builders._container_security()
+    assert pod["securityContext"] == builders.pod_security()
+    assert operator_container(default_render)["securityContext"] == builders.container_security()
     assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
 
 
@@ -412,7 +412,7 @@ def test_helm_test_hook_streams_a_prompt_through_the_named_endpoint(
     assert key["valueFrom"] == {"secretKeyRef": {"name": "keys", "key": "api-key"}}
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["activeDeadlineSeconds"] == 600
-    assert container["securityContext"] == builders._container_security()
+    assert container["securityContext"] == builders.container_security()
 
 
 def test_helm_test_url_matches_the_operators_gateway_url(default_render: list[Manifest]) -> None:
