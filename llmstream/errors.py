@@ -22,6 +22,7 @@ STATUS_BY_CODE: Mapping[ErrorCode, int] = MappingProxyType(
         ErrorCode.CONTEXT_TOO_LONG: 400,
         ErrorCode.UNAUTHORIZED: 401,
         ErrorCode.FORBIDDEN: 403,
+        ErrorCode.MODEL_NOT_FOUND: 404,
         ErrorCode.OVERLOADED: 429,
         ErrorCode.COLD_START_TIMEOUT: 503,
         ErrorCode.BACKEND_UNAVAILABLE: 503,

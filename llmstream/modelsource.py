@@ -49,6 +49,13 @@ class ModelSource:
         return f"builtin://{self.name}"
 
 
+def served_name(source: ModelSource) -> str:
+    """The name a server reports for `source` unless told another: the last part of the
+    builtin name, hub repo id or path (on a PVC, of the path in the claim, else the claim)."""
+    whole = source.path if source.scheme == "pvc" and source.path else source.name
+    return whole.rstrip("/").rsplit("/", 1)[-1] or whole
+
+
 def parse_source(source: str) -> ModelSource:
     """Parse a model source string; raise ModelSourceError naming the source on any problem."""
     text = source.strip()

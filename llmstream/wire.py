@@ -62,6 +62,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+    MODEL_NOT_FOUND = "model_not_found"
     OVERLOADED = "overloaded"
     COLD_START_TIMEOUT = "cold_start_timeout"
     BACKEND_UNAVAILABLE = "backend_unavailable"

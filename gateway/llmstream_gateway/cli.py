@@ -14,6 +14,7 @@ from typing import Any
 
 from llmstream import defaults
 from llmstream.envargs import add_env_argument
+from llmstream.openai import parse_model_names
 from llmstream.wire import (
     BODY_TIMEOUT_S,
     GATEWAY_SHUTDOWN_DRAIN_S,
@@ -88,6 +89,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="where backends come from",
     )
     add_env_argument(parser, "--endpoint", default="local", help="LLMEndpoint name")
+    add_env_argument(
+        parser,
+        "--model-names",
+        type=_model_names,
+        default=(),
+        help="comma-separated names OpenAI requests may give as `model` (the model's own "
+        "first, then its aliases); default: those the backends list",
+    )
     add_env_argument(
         parser, "--namespace", default=_pod_namespace(), help="namespace of the LLMEndpoint"
     )
@@ -204,6 +213,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_env_argument(parser, "--log-level", default="INFO", help="logging level")
 
 
+def _model_names(text: str) -> tuple[str, ...]:
+    try:
+        return parse_model_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _pod_namespace() -> str:
     token = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
     try:
@@ -245,6 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = GatewayConfig(
             endpoint=args.endpoint,
+            model_names=args.model_names,
             namespace=args.namespace,
             discovery=args.discovery,
             backends=tuple(b.rstrip("/") for b in backends),

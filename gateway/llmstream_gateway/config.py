@@ -39,6 +39,9 @@ class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoint: Annotated[str, Field(min_length=1)] = "local"
+    # The names `model` may take in OpenAI requests (the model's own first); empty: whatever
+    # the backends list at GET /v1/models, learned from the first one that answers.
+    model_names: tuple[str, ...] = ()
     namespace: Annotated[str, Field(min_length=1)] = "default"
     discovery: Literal["static", "kubernetes"] = "static"
     backends: tuple[str, ...] = ()

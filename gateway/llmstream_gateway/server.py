@@ -38,7 +38,7 @@ LISTEN_BACKLOG = 4096
 # Paths that never need the API key: probes, metrics, the page (its script sends the key) and
 # the load report, which tells what /metrics tells; the operator's autoscaler reads it with no
 # key, so an endpoint with `apiKeySecretRef` still scales on load and to zero.
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/load"})
+OPEN_PATHS = frozenset({"/", "/health", "/healthz", "/readyz", "/metrics", "/v1/load"})
 
 
 class Gateway:
@@ -109,7 +109,9 @@ class Gateway:
         )
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         self._runner = StreamRunner(self.activator, self._session, self.metrics)
-        self._catalog = ModelCatalog(self.backends, self._session, self.config.endpoint)
+        self._catalog = ModelCatalog(
+            self.backends, self._session, self.config.endpoint, self.config.model_names
+        )
         discovery = asyncio.create_task(self._discover(), name="backend-discovery")
         try:
             yield
@@ -164,23 +166,25 @@ class Gateway:
         return await generate_handler(self.runner, self.config.body_timeout_s)(request)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        handle = completions_handler(
-            self.runner, "chat", self._model_name, self.config.body_timeout_s
-        )
+        handle = completions_handler(self.runner, "chat", self.catalog, self.config.body_timeout_s)
         return await handle(request)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         handle = completions_handler(
-            self.runner, "completion", self._model_name, self.config.body_timeout_s
+            self.runner, "completion", self.catalog, self.config.body_timeout_s
         )
         return await handle(request)
 
-    def _model_name(self) -> str:
-        return self._catalog.default_model() if self._catalog else self.config.endpoint
+    @property
+    def catalog(self) -> ModelCatalog:
+        assert self._catalog is not None, "the app's cleanup context has not run"
+        return self._catalog
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        assert self._catalog is not None
-        return await self._catalog.handle(request)
+        return await self.catalog.handle(request)
+
+    async def model(self, request: web.Request) -> web.StreamResponse:
+        return await self.catalog.handle_one(request)
 
     async def load(self, request: web.Request) -> web.StreamResponse:
         """`/v1/load` for the autoscaler: streams on backends, and streams held apart."""
@@ -260,8 +264,10 @@ def create_app(
         ("POST", "/v1/chat/completions", gateway.chat_completions),
         ("POST", "/v1/completions", gateway.completions),
         ("GET", "/v1/models", gateway.models),
+        ("GET", "/v1/models/{model}", gateway.model),
         ("GET", "/v1/load", gateway.load),
         ("GET", "/healthz", gateway.healthz),
+        ("GET", "/health", gateway.healthz),  # vLLM's name, which guidellm probes
         ("GET", "/readyz", gateway.readyz),
         ("GET", "/metrics", gateway.metrics_page),
         ("GET", "/", gateway.index),

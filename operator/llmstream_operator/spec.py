@@ -22,7 +22,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from llmstream import defaults
-from llmstream.modelsource import ModelSource, ModelSourceError, parse_source
+from llmstream.modelsource import ModelSource, ModelSourceError, parse_source, served_name
+from llmstream.openai import MAX_MODEL_ALIASES, MODEL_NAME_PATTERN
 from llmstream.wire import describe_validation_error
 
 # Kubernetes' own patterns (apimachinery), so the CRD rejects what the API server would.
@@ -42,6 +43,7 @@ SOURCE_SCHEMES = ("builtin", "hf", "pvc", "file")
 Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 ResourceName = Annotated[str, StringConstraints(max_length=253, pattern=RESOURCE_NAME_PATTERN)]
 ResourceList = Annotated[dict[str, Quantity], Field(max_length=16)]
+ModelName = Annotated[str, StringConstraints(max_length=128, pattern=MODEL_NAME_PATTERN)]
 
 
 def _quantities(**values: int | str) -> dict[str, int | str]:
@@ -69,6 +71,10 @@ class ModelSpec(_Spec):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_context_tokens: Annotated[int, Field(ge=16, le=1048576)] | None = None
     hf_token_secret_ref: SecretKeyRef | None = None
+    # More names OpenAI requests may give as `model` (its own name always works).
+    aliases: Annotated[list[ModelName], Field(max_length=MAX_MODEL_ALIASES)] = Field(
+        default_factory=list
+    )
 
     @field_validator("source")
     @classmethod
@@ -102,6 +108,11 @@ class ModelSpec(_Spec):
     def parsed_source(self) -> ModelSource:
         """The source parsed with the inference server's own rules."""
         return parse_source(self.source)
+
+    @property
+    def served_names(self) -> list[str]:
+        """The model's own name (what the inference server reports), then its aliases."""
+        return list(dict.fromkeys([served_name(self.parsed_source), *self.aliases]))
 
     @property
     def effective_source(self) -> str:

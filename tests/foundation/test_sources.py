@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from llmstream_inference.models.sources import resolve_source
 
-from llmstream.modelsource import ModelSource, ModelSourceError, parse_source
+from llmstream.modelsource import ModelSource, ModelSourceError, parse_source, served_name
 
 
 @pytest.mark.parametrize(
@@ -122,3 +122,19 @@ def test_hf_source_offline_explains_how_to_preseed(
     assert "hf://org/name" in text
     assert "hf download org/name" in text
     assert "file:///" in text
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("builtin://smollm2-135m-instruct", "smollm2-135m-instruct"),
+        ("hf://HuggingFaceTB/SmolLM2-360M-Instruct@main", "SmolLM2-360M-Instruct"),
+        ("pvc://models/llama-3/8b-instruct", "8b-instruct"),
+        ("pvc://models", "models"),
+        ("file:///srv/models/qwen2/", "qwen2"),
+        ("/srv/models/qwen2", "qwen2"),
+    ],
+)
+def test_the_served_name_is_the_last_part_of_the_model_s_own_name(source: str, name: str) -> None:
+    # The operator tells the gateway this name; the inference server reports it.
+    assert served_name(parse_source(source)) == name

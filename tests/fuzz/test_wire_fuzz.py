@@ -15,7 +15,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from llmstream_gateway import openai_api as gateway_openai
 from llmstream_gateway.protocol import (
     FrameError,
     GenerateFrame,
@@ -27,7 +26,7 @@ from llmstream_inference.errors import invalid
 from llmstream_inference.sampling import Defaults, ParameterError, resolve
 from pydantic import ValidationError
 
-from llmstream import jsonin
+from llmstream import jsonin, openai
 from llmstream.wire import GenerateRequest, describe_validation_error
 
 FUZZ = settings(
@@ -172,12 +171,11 @@ def test_every_openai_body_is_a_request_or_a_named_error_at_both_servers(
     parsed: list[Any] = []
     if refusal(lambda: parsed.append(model.model_validate(body)), ValidationError) is None:
         parsed[0].native()
-    # The gateway answers ValidationError and ValueError of model_validate and to_native
+    # The gateway answers ValidationError and ValueError of model_validate and native
     # with 400.
-    gateway_model = (
-        gateway_openai.ChatCompletionRequest if kind == "chat" else gateway_openai.CompletionRequest
-    )
     refused = refusal(
-        lambda: gateway_model.model_validate(body).to_native(), ValidationError, ValueError
+        lambda: openai.request_model(kind).model_validate(body).native(),
+        ValidationError,
+        ValueError,
     )
     assert refused is None or str(refused)

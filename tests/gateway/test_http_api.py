@@ -227,3 +227,39 @@ async def test_an_authorization_header_that_is_not_utf8_is_a_401(fake_backend, g
     status_line = await asyncio.wait_for(reader.readline(), 10)
     writer.close()
     assert status_line.split()[1] == b"401", status_line
+
+
+async def test_a_model_the_backends_do_not_serve_is_a_404_naming_the_served_ones(
+    fake_backend, gateway, http
+):
+    backend = await fake_backend()
+    gw = await gateway(backends=(backend.url,))
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="'gpt-4' is not served here") as caught:
+        await client.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "model_not_found"
+    assert "'fake-model'" in caught.value.message
+    assert (await client.models.retrieve("fake-model")).id == "fake-model"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("gpt-4")
+    await client.close()
+    assert backend.requests == 0
+    response = await http.get(gw.url + "/health")
+    assert response.status == 200
+
+
+async def test_configured_model_names_are_checked_even_at_zero_replicas(gateway, http):
+    # The operator gives the served name and the endpoint's aliases: a wrong `model` is
+    # refused at once instead of waking the model for a request that would then fail.
+    gw = await gateway(model_names=("smollm2", "gpt-4o-mini"), cold_start_timeout_s=0.5)
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="'llama' is not served here"):
+        await client.completions.create(model="llama", prompt="hi")
+    assert [m.id for m in (await client.models.list()).data] == ["smollm2", "gpt-4o-mini"]
+    # An alias is accepted: at zero replicas it is held, then times out (no backend here).
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.completions.create(model="gpt-4o-mini", prompt="hi")
+    assert caught.value.status_code == 503
+    await client.close()

@@ -20,7 +20,7 @@ OWNER = Owner(name="qa", namespace="team-a", uid="u-1")
 READ_DIRECTLY = {HOME_ENV, PVC_ROOT_ENV}
 SPEC = parse_spec(
     {
-        "model": {"source": "pvc://models/llama"},
+        "model": {"source": "pvc://models/llama", "aliases": ["gpt-4o-mini", "llama"]},
         "resources": {"gpus": 0, "requests": {"cpu": "2"}},
         "engine": {"maxBatchSize": 7, "maxWaiting": 9, "defaults": {"temperature": 0.3}},
         "scaling": {"maxPendingStreams": 11, "coldStartTimeoutSeconds": 42},
@@ -59,9 +59,14 @@ def test_every_variable_the_operator_sets_reaches_the_program(
         if dest is None:
             unread.append(name)
         elif "value" in entry:
-            assert str(args[dest]) == str(entry["value"]) or float(args[dest]) == float(
-                entry["value"]
-            ), (name, args[dest], entry["value"])
+            value = args[dest]
+            if isinstance(value, tuple):  # a comma-separated list
+                value = ",".join(value)
+            assert str(value) == str(entry["value"]) or float(value) == float(entry["value"]), (
+                name,
+                value,
+                entry["value"],
+            )
     assert unread == []
 
 
@@ -75,3 +80,4 @@ def test_the_spec_values_arrive_as_the_programs_settings(monkeypatch: pytest.Mon
     assert (gateway["max_pending_streams"], gateway["cold_start_timeout"]) == (11, 42.0)
     assert gateway["max_streams_per_connection"] == 3
     assert gateway["backend_capacity"] == 7 + 9
+    assert gateway["model_names"] == ("llama", "gpt-4o-mini")

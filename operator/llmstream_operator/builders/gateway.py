@@ -48,6 +48,7 @@ def gateway_env(owner: Owner, spec: LLMEndpointSpec) -> list[Manifest]:
         env("LLMSTREAM_PORT", names.GATEWAY_PORT),
         env("LLMSTREAM_DISCOVERY", "kubernetes"),
         env("LLMSTREAM_ENDPOINT", owner.name),
+        env("LLMSTREAM_MODEL_NAMES", ",".join(spec.model.served_names)),
         {
             "name": "LLMSTREAM_NAMESPACE",
             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
