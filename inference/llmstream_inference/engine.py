@@ -1,10 +1,10 @@
-"""The continuous-batching engine: a scheduler thread around a ModelRunner.
+"""The continuous-batching engine: a thin loop on a background thread.
 
-Sequences wait in a FIFO queue, are prefilled in chunks (a bounded number of prompt tokens per
-iteration, so running streams are never stalled for long), then join the running batch, whose
-rows share one KV cache and advance together one decode step at a time. Finished and
-cancelled sequences leave between steps. The engine knows nothing about HTTP: callers submit
-token ids and receive events through an `EventSink` (an asyncio bridge is provided).
+Each step it describes its queues to the pure scheduler (`scheduler.py`), carries out the plan
+on the `ModelRunner` (prefill chunks, one decode step over the batch cache, whose rows it keeps
+in step with the plan), hands each sampled token to the output processor (`output.py`), and
+delivers the resulting events. It knows nothing about HTTP: callers submit token ids and get
+events through an `EventSink`; `streams.py` bridges them into asyncio.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import torch
 from transformers import DynamicCache
@@ -26,10 +24,31 @@ from transformers import DynamicCache
 from llmstream import defaults
 from llmstream.wire import FinishReason
 
-from .detok import IncrementalDetokenizer, StopMatcher
+from .events import EngineObserver, Event, EventSink, Failed, Finished, NullObserver, TokenDelta
 from .kvcache import BatchKVCache
+from .output import OutputProcessor, RequestOutput
 from .runner import ModelRunner
 from .sampling import ResolvedSampling, Sampler, pick_batch
+from .scheduler import PrefillChunk, Queued, QueueState, StepPlan, remove_row, schedule
+from .streams import AsyncSink, Stream
+
+__all__ = [
+    "AsyncSink",
+    "Engine",
+    "EngineConfig",
+    "EngineDrainingError",
+    "EngineFullError",
+    "EngineObserver",
+    "Event",
+    "EventSink",
+    "Failed",
+    "Finished",
+    "NullObserver",
+    "PromptTooLongError",
+    "Sequence",
+    "Stream",
+    "TokenDelta",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,70 +79,6 @@ class PromptTooLongError(ValueError):
     """The prompt does not fit the context window."""
 
 
-@dataclass(frozen=True)
-class TokenDelta:
-    """New text of one sequence (may hold several tokens when they were held back)."""
-
-    text: str
-    index: int
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The sequence ended; always the last event of a stream unless `Failed`."""
-
-    reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_s: float | None
-    duration_s: float
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The sequence could not be completed (an internal error); the last event."""
-
-    message: str
-
-
-Event = TokenDelta | Finished | Failed
-
-
-class EventSink(Protocol):
-    """Receives a sequence's events. Called from the engine thread."""
-
-    def deliver(self, events: list[Event]) -> None: ...
-
-
-class EngineObserver(Protocol):
-    """Measurement hooks (Prometheus in the server); called from the engine thread."""
-
-    def on_admitted(self, queue_wait_s: float, prompt_tokens: int) -> None: ...
-    def on_first_token(self, ttft_s: float) -> None: ...
-    def on_token_gap(self, seconds: float) -> None: ...
-    def on_step(self, batch_size: int, seconds: float) -> None: ...
-    def on_finished(self, reason: str, duration_s: float, completion_tokens: int) -> None: ...
-
-
-class NullObserver:
-    """Observer that records nothing."""
-
-    def on_admitted(self, queue_wait_s: float, prompt_tokens: int) -> None:
-        return None
-
-    def on_first_token(self, ttft_s: float) -> None:
-        return None
-
-    def on_token_gap(self, seconds: float) -> None:
-        return None
-
-    def on_step(self, batch_size: int, seconds: float) -> None:
-        return None
-
-    def on_finished(self, reason: str, duration_s: float, completion_tokens: int) -> None:
-        return None
-
-
 @dataclass(eq=False)
 class Sequence:
     """One request inside the engine."""
@@ -133,23 +88,20 @@ class Sequence:
     sampling: ResolvedSampling
     sink: EventSink
     sampler: Sampler
-    detok: IncrementalDetokenizer
-    stops: StopMatcher
-    arrived: float = field(default_factory=time.monotonic)
-    history: list[int] = field(default_factory=list)
-    generated: int = 0
-    chunks: int = 0
+    output: RequestOutput
+    history: list[int]  # prompt and output tokens, what the sampler conditions on
     prefilled: int = 0
     prefill_cache: DynamicCache | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    cancelled: bool = False
     done: bool = False
     pending: list[Event] = field(default_factory=list)
 
     @property
     def last_token(self) -> int:
         return self.history[-1]
+
+    def queued(self) -> Queued:
+        """How the scheduler sees this sequence before it joins the batch."""
+        return Queued(self.id, len(self.prompt_ids), self.prefilled)
 
 
 class Engine:
@@ -164,12 +116,13 @@ class Engine:
         self.runner = runner
         self.config = config
         self.observer: EngineObserver = observer or NullObserver()
+        self.output = OutputProcessor(runner.tokenizer, runner.eos_ids, self.observer)
         self.max_context = min(
             config.max_context_tokens or runner.max_positions, runner.max_positions
         )
         self._lock = threading.Condition()
         self._inbox: list[Sequence] = []
-        self._cancels: set[Sequence] = set()
+        self._cancels: dict[Sequence, None] = {}  # in the order they were asked for
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._prefilling: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []  # index == row in the batch cache
@@ -180,7 +133,7 @@ class Engine:
         self.draining = False
         self._step_seconds = 0.05  # running estimate, used for Retry-After
         self._outbox: dict[Sequence, None] = {}  # sequences with undelivered events, in order
-        # Sequences submitted and not yet finished: what admission control counts. The lists
+        # Sequences submitted and not yet finished: what admission control counts. The queues
         # above are moved between by the engine thread without the lock, so their lengths,
         # read from another thread, can be one short for a moment.
         self._admitted = 0
@@ -198,7 +151,7 @@ class Engine:
         return len(self._waiting) + len(self._inbox)
 
     def start(self) -> None:
-        """Start the scheduler thread."""
+        """Start the engine thread."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="llmstream-engine", daemon=True)
             self._thread.start()
@@ -242,8 +195,7 @@ class Engine:
                 sampling=sampling,
                 sink=sink,
                 sampler=Sampler(sampling, self.runner.device),
-                detok=IncrementalDetokenizer(self.runner.tokenizer, prompt_ids),
-                stops=StopMatcher(list(sampling.stop)),
+                output=self.output.start(prompt_ids, sampling, time.monotonic()),
                 history=list(prompt_ids),
             )
             self._inbox.append(seq)
@@ -255,18 +207,19 @@ class Engine:
         """Remove `seq` before the next step; it ends with a `cancelled` Finished event."""
         with self._lock:
             if not seq.done:
-                self._cancels.add(seq)
+                self._cancels[seq] = None
                 self._lock.notify_all()
 
     def open(self, prompt_ids: list[int], sampling: ResolvedSampling) -> Stream:
         """Submit now (raising EngineFullError etc. at once) and return its event stream."""
         sink = AsyncSink(asyncio.get_running_loop())
-        return Stream(self, self.submit(prompt_ids, sampling, sink), sink)
+        seq = self.submit(prompt_ids, sampling, sink)
+        return Stream(lambda: self.cancel(seq), sink)
 
-    # ---- scheduler thread ----------------------------------------------------------------
+    # ---- engine thread -------------------------------------------------------------------
 
     def _retry_after(self) -> int:
-        remaining = [s.sampling.max_new_tokens - s.generated for s in self._running]
+        remaining = [s.output.max_new_tokens - s.output.generated for s in self._running]
         soonest = min(remaining) if remaining else 1
         return max(1, math.ceil(soonest * self._step_seconds))
 
@@ -287,9 +240,9 @@ class Engine:
                         break
                     self._waiting.extend(self._inbox)
                     self._inbox.clear()
-                    cancels, self._cancels = self._cancels, set()
+                    cancels, self._cancels = self._cancels, {}
                 try:
-                    self._iteration(cancels)
+                    self._step([seq for seq in cancels if not seq.done])
                 except Exception as exc:  # a failed forward must not kill the engine
                     log.exception("engine step failed")
                     self._fail_all(f"internal error in the engine: {exc}")
@@ -297,47 +250,49 @@ class Engine:
             self._fail_all(getattr(self, "_stop_reason", "server shutting down"))
             self._flush()
 
-    def _iteration(self, cancels: set[Sequence]) -> None:
-        for seq in cancels:
-            self._finish(seq, "cancelled")
-        self._admit()
-        self._prefill_some()
-        if self._running:
-            self._decode_step()
+    def _step(self, cancels: list[Sequence]) -> None:
+        """Ask the scheduler for a plan and carry it out."""
+        plan = schedule(
+            QueueState(
+                max_batch=self.config.max_batch_size,
+                prefill_chunk_tokens=self.config.prefill_chunk_tokens,
+                waiting=tuple(seq.queued() for seq in self._waiting),
+                prefilling=tuple(seq.queued() for seq in self._prefilling),
+                running=tuple(seq.id for seq in self._running),
+                cancelled=tuple(seq.id for seq in cancels),
+            )
+        )
+        by_id = {seq.id: seq for seq in (*self._waiting, *self._prefilling, *self._running)}
+        for seq_id in plan.cancel:
+            self._finish(by_id[seq_id], "cancelled")
+        self._admit([by_id[seq_id] for seq_id in plan.admit])
+        if plan.prefill_together:
+            self._prefill_together([by_id[chunk.seq] for chunk in plan.prefill])
+        else:
+            for chunk in plan.prefill:
+                self._prefill_chunk(by_id[chunk.seq], chunk)
+        self._decode_step(plan, by_id)
 
-    def _admit(self) -> None:
+    def _admit(self, admitted: list[Sequence]) -> None:
         now = time.monotonic()
-        while self._waiting and self.running < self.config.max_batch_size:
-            seq = self._waiting.popleft()
+        for seq in admitted:
+            self._waiting.remove(seq)
             self._prefilling.append(seq)
-            self.observer.on_admitted(now - seq.arrived, len(seq.prompt_ids))
+            self.observer.on_admitted(now - seq.output.arrived, len(seq.prompt_ids))
 
-    def _prefill_some(self) -> None:
-        budget = self.config.prefill_chunk_tokens
-        # Prompts that arrived together and fit the budget whole share one forward pass.
-        group: list[Sequence] = []
-        for seq in self._prefilling:
-            if seq.prefilled or len(seq.prompt_ids) > budget:
-                break
-            group.append(seq)
-            budget -= len(seq.prompt_ids)
-        if len(group) > 1:
-            results = self.runner.prefill_batch([seq.prompt_ids for seq in group])
-            for seq, (rows, logits) in zip(group, results, strict=True):
-                self._prefilling.popleft()
-                seq.prefilled = len(seq.prompt_ids)
-                self._join(seq, rows, logits)
-            return
-        budget = self.config.prefill_chunk_tokens
-        while self._prefilling and budget > 0:
-            seq = self._prefilling[0]
-            chunk = seq.prompt_ids[seq.prefilled : seq.prefilled + budget]
-            seq.prefill_cache, logits = self.runner.prefill(chunk, seq.prefill_cache, seq.prefilled)
-            seq.prefilled += len(chunk)
-            budget -= len(chunk)
-            if seq.prefilled < len(seq.prompt_ids):
-                continue  # more chunks next iteration; decode steps run in between
-            self._prefilling.popleft()
+    def _prefill_together(self, group: list[Sequence]) -> None:
+        results = self.runner.prefill_batch([seq.prompt_ids for seq in group])
+        for seq, (rows, logits) in zip(group, results, strict=True):
+            self._prefilling.remove(seq)
+            seq.prefilled = len(seq.prompt_ids)
+            self._join(seq, rows, logits)
+
+    def _prefill_chunk(self, seq: Sequence, chunk: PrefillChunk) -> None:
+        ids = seq.prompt_ids[chunk.start : chunk.end]
+        seq.prefill_cache, logits = self.runner.prefill(ids, seq.prefill_cache, chunk.start)
+        seq.prefilled = chunk.end
+        if chunk.completes:  # else more chunks in later steps; decode steps run in between
+            self._prefilling.remove(seq)
             self._join(seq, self.runner.cache_rows(seq.prefill_cache), logits)
             seq.prefill_cache = None
 
@@ -357,15 +312,18 @@ class Engine:
             self._batch.add_row(rows)
             self._running.append(seq)
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, plan: StepPlan, by_id: dict[int, Sequence]) -> None:
+        batch = [by_id[seq_id] for seq_id in plan.decode if not by_id[seq_id].done]
+        if batch != self._running:
+            raise RuntimeError("the scheduler's decode batch does not match the cache's rows")
+        if not batch:
+            return
         started = time.monotonic()
-        logits = self.runner.decode(self._batch, [s.last_token for s in self._running])
-        picked = pick_batch(
-            logits, [s.sampler for s in self._running], [s.history for s in self._running]
-        )
+        logits = self.runner.decode(self._batch, [s.last_token for s in batch])
+        picked = pick_batch(logits, [s.sampler for s in batch], [s.history for s in batch])
         ended: list[Sequence] = []
         failed: list[tuple[Sequence, Exception]] = []
-        for seq, token in zip(self._running, picked, strict=True):
+        for seq, token in zip(batch, picked, strict=True):
             if isinstance(token, Exception):
                 failed.append((seq, token))
             elif self._accept(seq, token):
@@ -379,41 +337,17 @@ class Engine:
         self.observer.on_step(len(picked), elapsed)
 
     def _accept(self, seq: Sequence, token: int) -> bool:
-        """Record a sampled token; True when the sequence finished (and was finalised)."""
-        now = time.monotonic()
-        if seq.first_token_at is None:
-            seq.first_token_at = now
-            self.observer.on_first_token(now - seq.arrived)
-        elif seq.last_token_at is not None:
-            self.observer.on_token_gap(now - seq.last_token_at)
-        seq.last_token_at = now
-        seq.generated += 1
+        """Hand a sampled token to the output processor; True when that ended the sequence."""
         seq.history.append(token)
-        if token in self.runner.eos_ids:
-            self._emit(seq, seq.stops.flush() + seq.detok.flush())
-            self._finalise(seq, "stop")
-            return True
-        text, stopped = seq.stops.push(seq.detok.add(token))
-        if stopped:
-            self._emit(seq, text)
-            self._finalise(seq, "stop")
-            return True
-        if seq.generated >= seq.sampling.max_new_tokens:
-            tail, _ = seq.stops.push(seq.detok.flush())
-            self._emit(seq, text + tail + seq.stops.flush())
-            self._finalise(seq, "length")
-            return True
-        self._emit(seq, text)
-        return False
+        self._post(seq, self.output.accept(seq.output, token, time.monotonic()))
+        if seq.output.finished:
+            self._release(seq)
+        return seq.output.finished
 
-    def _post(self, seq: Sequence, event: Event) -> None:
-        seq.pending.append(event)
-        self._outbox[seq] = None
-
-    def _emit(self, seq: Sequence, text: str) -> None:
-        if text:
-            self._post(seq, TokenDelta(text, seq.chunks))
-            seq.chunks += 1
+    def _post(self, seq: Sequence, events: list[Event]) -> None:
+        if events:
+            seq.pending.extend(events)
+            self._outbox[seq] = None
 
     def _release(self, seq: Sequence) -> None:
         """Mark `seq` done and give its place back to admission control."""
@@ -421,19 +355,13 @@ class Engine:
         with self._lock:
             self._admitted -= 1
 
-    def _finalise(self, seq: Sequence, reason: FinishReason) -> None:
-        self._release(seq)
-        duration = time.monotonic() - seq.arrived
-        ttft = None if seq.first_token_at is None else seq.first_token_at - seq.arrived
-        self._post(seq, Finished(reason, len(seq.prompt_ids), seq.generated, ttft, duration))
-        self.observer.on_finished(reason, duration, seq.generated)
-
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         """End a sequence wherever it is (queue, prefill or batch)."""
         if seq.done:
             return
         self._detach(seq)
-        self._finalise(seq, reason)
+        self._release(seq)
+        self._post(seq, [self.output.finish(seq.output, reason, time.monotonic())])
 
     def _detach(self, seq: Sequence) -> None:
         """Take a sequence out of whichever queue or batch holds it (if any)."""
@@ -453,14 +381,11 @@ class Engine:
             return
         self._detach(seq)
         self._release(seq)
-        self._post(seq, Failed(f"internal error in this request's sampling: {exc}"))
+        self._post(seq, [Failed(f"internal error in this request's sampling: {exc}")])
 
     def _remove_running(self, seq: Sequence) -> None:
-        row = self._running.index(seq)
-        self._batch.remove_row(row)
-        last = self._running.pop()
-        if row < len(self._running):
-            self._running[row] = last
+        self._batch.remove_row(self._running.index(seq))
+        remove_row(self._running, seq)
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -474,7 +399,7 @@ class Engine:
             if not seq.done:
                 self._release(seq)
                 seq.prefill_cache = None
-                self._post(seq, Failed(message))
+                self._post(seq, [Failed(message)])
 
     def _flush(self) -> None:
         """Hand every sequence's new events to its sink (one call per sequence)."""
@@ -486,46 +411,3 @@ class Engine:
             except Exception:  # the consumer is gone (e.g. its event loop closed)
                 log.warning("dropping sequence %d: its consumer cannot receive events", seq.id)
                 self.cancel(seq)
-
-
-class Stream:
-    """Events of one submitted sequence in asyncio; `cancel()` (or abandoning it) stops it."""
-
-    def __init__(self, engine: Engine, seq: Sequence, sink: AsyncSink) -> None:
-        self._engine = engine
-        self._seq = seq
-        self._sink = sink
-        self.finished = False
-
-    def cancel(self) -> None:
-        """Stop generating (a no-op once the sequence ended)."""
-        if not self.finished:
-            self._engine.cancel(self._seq)
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        try:
-            while not self.finished:
-                for event in await self._sink.next_batch():
-                    if isinstance(event, Finished | Failed):
-                        self.finished = True
-                    yield event
-        finally:
-            self.cancel()
-
-
-class AsyncSink:
-    """Bridges engine-thread events into an asyncio loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
-
-    def deliver(self, events: list[Event]) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
-
-    async def next_batch(self) -> list[Event]:
-        """Wait for the next events; returns everything that arrived meanwhile, in order."""
-        events = await self._queue.get()
-        while not self._queue.empty():
-            events = events + self._queue.get_nowait()
-        return events
