@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed-stamp
 PACKAGES := -p llmstream -p llmstream_inference -p llmstream_gateway -p llmstream_operator
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-fast lint fmt clean tools model bench bench-inference bench-gateway
+.PHONY: help install demo test test-fast lint fmt clean tools model bench bench-inference bench-gateway gpu-check
+.PHONY: bench-peers
 .PHONY: cluster-bin cluster-bin-for-tests cluster-up
 .PHONY: images image-base helm-lint chart-sync e2e
 
@@ -69,6 +70,13 @@ bench-inference: install model ## inference engine vs thread-per-request vs stat
 
 bench-gateway: install ## gateway vs raw websockets relay vs direct: added latency, sustainable streams
 	@$(VENV)/bin/python -m benchmarks.gateway --out bench-results
+
+bench-peers: install model ## guidellm, inference-perf, aiperf (pinned, cached envs) vs gateway and direct
+	@$(PY) -m tools.peers install
+	@$(VENV)/bin/python -m benchmarks.peers --out bench-results
+
+gpu-check: install ## on a GPU machine: the CUDA tests + bench-inference in bfloat16 (offline, < 8 min); needs `make model` first
+	@scripts/gpu-check.sh
 
 clean: ## remove the venv and build outputs (the model cache in $(LLMSTREAM_HOME) stays)
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -1,7 +1,8 @@
 """Inference benchmark: our continuous-batching engine against the usual alternatives.
 
-All designs run in one process on the same loaded SmolLM2-135M-Instruct (float32, the same
-torch thread count), the same prompts and 64 new greedy tokens per request:
+All designs run in one process on the same loaded SmolLM2-135M-Instruct (float32 on the CPU
+by default; `--device cuda --dtype bfloat16` on a GPU), the same torch thread count, the same
+prompts and 64 new greedy tokens per request:
 
 - engine:   llmstream's engine; N requests arrive open-loop (spread over `--spread` seconds,
             independent of completions) and stream concurrently;
@@ -116,11 +117,21 @@ def arrival_offsets(n: int, spread: float) -> list[float]:
 
 
 class Bench:
-    def __init__(self, model_dir: Path, threads: int) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 16,
+    ) -> None:
         from llmstream_inference.runner import ModelRunner, RunnerConfig
 
         torch.set_num_threads(threads)
-        self.runner = ModelRunner(model_dir, RunnerConfig(threads=threads))
+        self.runner = ModelRunner(
+            model_dir, RunnerConfig(device=device, dtype=dtype, threads=threads)
+        )
+        self.max_batch_size = max_batch_size
         self._engine: Any = None
         self.tokenizer = self.runner.tokenizer
         self.model = self.runner.model
@@ -148,7 +159,9 @@ class Bench:
 
         engine = self._engine
         if engine is None:  # one engine for the whole run, as in a server
-            engine = self._engine = Engine(self.runner, EngineConfig(max_batch_size=16))
+            engine = self._engine = Engine(
+                self.runner, EngineConfig(max_batch_size=self.max_batch_size)
+            )
             engine.start()
         sampling = resolve(SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0), Defaults())
 
@@ -201,7 +214,7 @@ class Bench:
             worker = threading.Thread(
                 target=self.model.generate,
                 kwargs={
-                    "input_ids": torch.tensor([ids]),
+                    "input_ids": torch.tensor([ids], device=self.runner.device),
                     "max_new_tokens": NEW_TOKENS,
                     "do_sample": False,
                     "streamer": streamer,
@@ -241,6 +254,7 @@ class Bench:
         self.tokenizer.padding_side = "left"
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batch = self.tokenizer.pad({"input_ids": self.prompts(n)}, return_tensors="pt")
+        batch = batch.to(self.runner.device)
         start = time.perf_counter()
         out = self.model.generate(
             **batch,
@@ -294,7 +308,7 @@ class Bench:
         return list(traces.values())
 
 
-def plot(results: list[Result], path: Path) -> None:
+def plot(results: list[Result], path: Path, where: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,7 +329,7 @@ def plot(results: list[Result], path: Path) -> None:
     left.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))], [str(lv) for lv in levels])
     left.set_xlabel("concurrent streams")
     left.set_ylabel("aggregate tokens/s")
-    left.set_title("Throughput (SmolLM2-135M, CPU, 64 greedy tokens)")
+    left.set_title(f"Throughput (SmolLM2-135M, {where}, 64 greedy tokens)")
     left.legend()
     right.set_xlabel("concurrent streams")
     right.set_ylabel("TTFT p95 (s)")
@@ -334,12 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every design")
     parser.add_argument("--spread", type=float, default=0.25, help="arrival window (s)")
     parser.add_argument("--model", type=Path, default=None, help="default: the embedded model")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (as the server)")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=16, help="the engine's sequences per step"
+    )
     args = parser.parse_args(argv)
 
     from llmstream_inference.models.default import pull_default
 
     model_dir = args.model or pull_default()
-    bench = Bench(model_dir, args.threads)
+    bench = Bench(model_dir, args.threads, args.device, args.dtype, args.max_batch_size)
     bench.engine(2, 0.0)  # warm-up of every code path before measuring
     bench.static(2)
     results: list[Result] = []
@@ -384,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "inference",
         "model": str(model_dir),
         "torch_threads": args.threads,
+        "device": str(bench.runner.device),
+        "dtype": str(bench.runner.dtype).removeprefix("torch."),
+        "engine_max_batch_size": args.max_batch_size,
         "new_tokens": NEW_TOKENS,
         "machine": {
             "python": platform.python_version(),
@@ -394,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
     }
     (args.out / "inference.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, args.out / "inference.png")
+    where = "CPU" if bench.runner.device.type == "cpu" else torch.cuda.get_device_name()
+    plot(results, args.out / "inference.png", f"{where}, {report['dtype']}")
     print("\n| design | streams | tok/s | TTFT p50 | TTFT p95 | ITL p50 | ITL p95 |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -71,7 +71,12 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
 
 
 class BatchKVCache(Cache):
-    """The running batch's cache; row i belongs to the i-th running sequence."""
+    """The running batch's cache; row i belongs to the i-th running sequence.
+
+    `device` holds the mask and position ids (the model's input device); each layer's buffers
+    live on the device of the keys first added for that layer, which differs per layer when
+    the model is split across GPUs.
+    """
 
     def __init__(
         self,
@@ -100,13 +105,14 @@ class BatchKVCache(Cache):
     def _slot_layers(self) -> list[_SlotLayer]:
         return [layer for layer in self.layers if isinstance(layer, _SlotLayer)]
 
-    def _allocate(self, like: torch.Tensor) -> None:
-        shape = (self.max_batch, like.shape[1], self.capacity, like.shape[3])
-        for layer in self._slot_layers():
-            # zeros, not empty: masked-out columns still enter q·k, and NaN garbage would
-            # survive the mask.
-            layer.kbuf = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.vbuf = torch.zeros(shape, dtype=self.dtype, device=self.device)
+    def _allocate(self, per_layer: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for layer, (keys, _) in zip(self._slot_layers(), per_layer, strict=True):
+            shape = (self.max_batch, keys.shape[1], self.capacity, keys.shape[3])
+            # On the device the layer's keys were computed on: a model split across GPUs
+            # keeps each layer's cache next to its weights. zeros, not empty: masked-out
+            # columns still enter q·k, and NaN garbage would survive the mask.
+            layer.kbuf = torch.zeros(shape, dtype=self.dtype, device=keys.device)
+            layer.vbuf = torch.zeros(shape, dtype=self.dtype, device=keys.device)
 
     def _move_window(self, new_start: int, capacity: int | None = None) -> None:
         """Copy the window's columns so they begin at `new_start` (optionally in new buffers)."""
@@ -155,7 +161,7 @@ class BatchKVCache(Cache):
                 self.mask = torch.zeros(
                     self.max_batch, self.capacity, dtype=torch.bool, device=self.device
                 )
-                self._allocate(per_layer[0][0])
+                self._allocate(per_layer)
             w.start = w.end = length
         elif length > w.end:
             # Not enough columns left of `end`: shift the window right to make room.

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from .devices import describe, plan_device_map, shards, visible_gpu_memory
 from .kvcache import BatchKVCache
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class RunnerConfig:
     """Where and how the model runs."""
 
-    device: str = "auto"  # auto | cpu | cuda[:n]
+    device: str = "auto"  # auto | cpu | cuda[:n]; auto and cuda split over every visible GPU
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
 
@@ -52,7 +53,12 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    """A loaded model plus its tokenizer; forward passes only."""
+    """A loaded model plus its tokenizer; forward passes only.
+
+    Inputs go to `device` and logits come back on it; with several visible GPUs (`auto` or
+    `cuda`) the model is split layer by layer across them (`device_map`, see `devices`) and
+    `device` is the GPU holding the embeddings.
+    """
 
     def __init__(self, folder: Path, config: RunnerConfig = RunnerConfig()) -> None:
         started = time.monotonic()
@@ -61,10 +67,25 @@ class ModelRunner:
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(folder))
+        self.device_map: dict[str, int] | None = None
+        if self.device.type == "cuda" and shards(config.device):
+            self.device_map = plan_device_map(
+                AutoConfig.from_pretrained(str(folder)), visible_gpu_memory(), self.dtype
+            )
         model: Any = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=self.dtype, attn_implementation="sdpa"
+            str(folder), dtype=self.dtype, attn_implementation="sdpa", device_map=self.device_map
         )
-        self.model: Any = model.to(self.device)
+        if self.device_map is None:
+            self.model: Any = model.to(self.device)
+        else:
+            self.model = model
+            self.device = model.get_input_embeddings().weight.device
+            log.info(
+                "split %s over %d GPUs: %s",
+                folder,
+                len(set(self.device_map.values())),
+                describe(self.device_map),
+            )
         self.model.eval()
         text_config = self.model.config.get_text_config(decoder=True)
         layer_types = getattr(text_config, "layer_types", None) or []
@@ -111,7 +132,8 @@ class ModelRunner:
             use_cache=True,
             logits_to_keep=1,
         )
-        return cache, out.logits[0, -1, :]
+        logits: torch.Tensor = out.logits[0, -1, :]
+        return cache, logits.to(self.device)
 
     @torch.inference_mode()
     def prefill_batch(
@@ -138,11 +160,12 @@ class ModelRunner:
             logits_to_keep=1,
         )
         layers = self.cache_rows(cache)
+        last_logits = out.logits[:, -1, :].to(self.device)
         results = []
         for row, ids in enumerate(prompts):
             start = longest - len(ids)  # this row's padding ends here
             kv = [(k[row : row + 1, :, start:], v[row : row + 1, :, start:]) for k, v in layers]
-            results.append((kv, out.logits[row, -1, :]))
+            results.append((kv, last_logits[row]))
         return results
 
     @staticmethod
@@ -171,4 +194,4 @@ class ModelRunner:
         )
         batch.advance()
         logits: torch.Tensor = out.logits[:, -1, :]
-        return logits
+        return logits.to(self.device)  # a split model's head may sit on another GPU
