@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmstream import defaults
-from llmstream.envargs import add_env_argument
+from llmstream.envargs import add_env_argument, argument_type
 from llmstream.openai import parse_model_names
 from llmstream.wire import (
     BODY_TIMEOUT_S,
@@ -92,7 +92,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_env_argument(
         parser,
         "--model-names",
-        type=_model_names,
+        type=argument_type(parse_model_names),
         default=(),
         help="comma-separated names OpenAI requests may give as `model` (the model's own "
         "first, then its aliases); default: those the backends list",
@@ -211,13 +211,6 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         "gets an error frame and its WebSocket closes with 1001",
     )
     add_env_argument(parser, "--log-level", default="INFO", help="logging level")
-
-
-def _model_names(text: str) -> tuple[str, ...]:
-    try:
-        return parse_model_names(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _pod_namespace() -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from llmstream import defaults
-from llmstream.envargs import add_env_argument, parse_bool
+from llmstream.envargs import add_env_argument, argument_type, parse_bool
+from llmstream.openai import parse_model_names
 from llmstream.wire import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_BODY_BYTES
 
 
@@ -52,9 +53,21 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
 
     add_env_argument(p, "--model", default=DEFAULT_SOURCE, help="model source")
     add_env_argument(p, "--model-name", default="", help="name reported by the API")
+    add_env_argument(
+        p,
+        "--model-aliases",
+        type=argument_type(parse_model_names),
+        default=(),
+        help="comma-separated names OpenAI requests may also give as `model`",
+    )
     add_env_argument(p, "--host", default="0.0.0.0", help="listen address")
     add_env_argument(p, "--port", type=int, default=8000, help="listen port")
-    add_env_argument(p, "--device", default="auto", help="auto | cpu | cuda[:n]")
+    add_env_argument(
+        p,
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda[:n]; auto and cuda split the model over every visible GPU",
+    )
     add_env_argument(p, "--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
     add_env_argument(p, "--threads", type=int, default=0, help="torch CPU threads (0: default)")
     add_env_argument(
@@ -155,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from llmstream.modelsource import ModelSourceError, parse_source
+    from llmstream.modelsource import ModelSourceError, parse_source, served_name
 
     from .engine import EngineConfig
     from .models.default import NAME as DEFAULT_NAME
@@ -182,12 +195,11 @@ def _serve(args: argparse.Namespace) -> int:
     except (ModelSourceError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    name = args.model_name or (
-        source.name.split("/")[-1] if source.scheme != "file" else folder.name
-    )
+    name = args.model_name or served_name(source)
     config = ServerConfig(
         model_path=folder,
         model_name=name,
+        model_aliases=args.model_aliases,
         runner=RunnerConfig(device=args.device, dtype=args.dtype, threads=args.threads),
         engine=EngineConfig(
             max_batch_size=args.max_batch_size,

@@ -64,6 +64,8 @@ class ServerConfig:
 
     model_path: Path
     model_name: str
+    # More names OpenAI requests may give as `model` (spec.model.aliases).
+    model_aliases: tuple[str, ...] = ()
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     defaults: Defaults = field(default_factory=Defaults)
@@ -71,6 +73,11 @@ class ServerConfig:
     sse_heartbeat_s: float = SSE_HEARTBEAT_S
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout_s: float = BODY_TIMEOUT_S
+
+    @property
+    def served_names(self) -> list[str]:
+        """The model's own name, then its aliases."""
+        return list(dict.fromkeys([self.model_name, *self.model_aliases]))
 
 
 class ServerState:
@@ -240,6 +247,7 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
+    @app.get("/health")  # vLLM's name (200 once it serves), which guidellm probes
     async def readyz() -> JSONResponse:
         engine = state.engine
         if state.ready and engine is not None and not engine.draining:

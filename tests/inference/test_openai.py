@@ -19,9 +19,17 @@ def native_text(server: InferenceProcess, body: dict[str, object]) -> str:
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == ["tiny-model0"] or len(
-        client.models.list().data
-    ) == 1
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+
+
+def test_a_model_not_served_here_is_a_404(client: openai.OpenAI, server: InferenceProcess) -> None:
+    with pytest.raises(openai.NotFoundError, match="'gpt-4' is not served here") as caught:
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
 
 def test_streamed_chat_matches_the_native_api(
@@ -90,7 +98,7 @@ def test_completion_with_echo_returns_prompt_and_answer(
 
 
 def test_sdk_sees_a_bad_parameter_as_a_400_class_error(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as info:
+    with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "x"}], temperature=5
         )
@@ -98,7 +106,7 @@ def test_sdk_sees_a_bad_parameter_as_a_400_class_error(client: openai.OpenAI) ->
 
 
 def test_unsupported_openai_options_are_refused_by_name(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as info:
+    with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "x"}], presence_penalty=1.0
         )

@@ -81,3 +81,4 @@ def test_the_spec_values_arrive_as_the_programs_settings(monkeypatch: pytest.Mon
     assert gateway["max_streams_per_connection"] == 3
     assert gateway["backend_capacity"] == 7 + 9
     assert gateway["model_names"] == ("llama", "gpt-4o-mini")
+    assert inference["model_aliases"] == ("gpt-4o-mini", "llama")

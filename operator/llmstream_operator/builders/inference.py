@@ -67,6 +67,8 @@ def inference_env(spec: LLMEndpointSpec, settings: BuildSettings) -> list[Manife
     ]
     if model.max_context_tokens is not None:
         variables.append(env("LLMSTREAM_MAX_CONTEXT_TOKENS", model.max_context_tokens))
+    if model.aliases:
+        variables.append(env("LLMSTREAM_MODEL_ALIASES", ",".join(model.aliases)))
     threads = cpu_threads(spec.resources.requests) if spec.resources.gpus == 0 else None
     if threads is not None:
         variables.append(env("LLMSTREAM_THREADS", threads))
