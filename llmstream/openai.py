@@ -19,6 +19,8 @@ from .wire import (
     ChatMessage,
     FinishReason,
     GenerateInput,
+    LogitBias,
+    Penalty,
     SamplingParams,
     Seed,
     StopString,
@@ -94,13 +96,15 @@ class _Sampling(_Open):
     n: Literal[1] | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
-    # Accepted for compatibility; only the neutral value is supported.
-    frequency_penalty: Annotated[float, Field(ge=0, le=0)] | None = None
-    presence_penalty: Annotated[float, Field(ge=0, le=0)] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     logprobs: Literal[False] | None = None
     # Extensions under vLLM's names.
     top_k: Annotated[int, Field(ge=0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
+    ignore_eos: bool | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
 
     def params(self, max_new_tokens: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -112,6 +116,11 @@ class _Sampling(_Open):
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
             "stop": stop,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logit_bias": self.logit_bias,
+            "ignore_eos": self.ignore_eos,
+            "min_new_tokens": self.min_tokens,
         }
         return SamplingParams(**{k: v for k, v in fields.items() if v is not None})
 
@@ -144,6 +153,17 @@ class CompletionRequest(_Sampling):
     def native(self) -> GenerateInput:
         max_tokens = self.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
         return GenerateInput(prompt=self.prompt_text, params=self.params(max_tokens))
+
+
+# Native sampling fields whose OpenAI name differs; every other `params.X` is `X` there too.
+_OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+_NATIVE_FIELD = re.compile(r"\bparams\.([a-z_]+)")
+
+
+def in_client_terms(text: str) -> str:
+    """A message (or `param`) about the native request, naming the OpenAI request's fields:
+    `params.max_new_tokens: 900 is above …` -> `max_tokens: 900 is above …`."""
+    return _NATIVE_FIELD.sub(lambda m: _OPENAI_NAMES.get(m[1], m[1]), text)
 
 
 def request_model(kind: Kind) -> type[ChatCompletionRequest] | type[CompletionRequest]:

@@ -48,6 +48,12 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 # Stop strings: at most MAX_STOP_STRINGS, none empty (an empty one would match everywhere).
 StopString = Annotated[str, Field(min_length=1)]
 StopStrings = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# Token id (a JSON object's keys are strings) -> bias in [-100, 100]; at most 300, as OpenAI.
+TokenIdKey = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
+LogitBias = Annotated[
+    dict[TokenIdKey, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=300)
+]
 
 
 class _Strict(BaseModel):
@@ -88,6 +94,15 @@ class SamplingParams(_Strict):
     seed: Seed | None = None
     do_sample: bool | None = None
     return_full_text: bool = False
+    # The end-of-sequence token is not sampled before `min_new_tokens`, nor ever with
+    # `ignore_eos` (benchmarks use it to get exactly max_new_tokens).
+    min_new_tokens: Annotated[int, Field(ge=0)] = 0
+    ignore_eos: bool = False
+    # OpenAI's: subtracted from a token's logit once it appeared in the output (presence), and
+    # per appearance (frequency); a bias added to the logits of the token ids given.
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: LogitBias | None = None
 
 
 class ChatMessage(_Strict):

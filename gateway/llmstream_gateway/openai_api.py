@@ -79,7 +79,8 @@ class ChunkSink(LazyEventStream):
         if self.response is None:
             self.early_error = event
             return
-        body = error_body(event.code, event.message, retry_after_s=event.retry_after_s)
+        message = openai.in_client_terms(event.message)
+        body = error_body(event.code, message, retry_after_s=event.retry_after_s)
         await self.write(f"{self._data(body)}data: [DONE]\n\n")
 
 
@@ -115,7 +116,8 @@ def completions_handler(
             event = collect.error_event or ErrorEvent(
                 code=ErrorCode.INTERNAL, message="stream ended without a result"
             )
-            return error_response(event.code, event.message, event.retry_after_s)
+            message = openai.in_client_terms(event.message)
+            return error_response(event.code, message, event.retry_after_s)
         done = collect.done_event
         answer = openai.Answer(kind, f"{prefix}-{record.stream_id}", model, echo=echo)
         return web.json_response(

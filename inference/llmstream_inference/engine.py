@@ -194,7 +194,12 @@ class Engine:
                 prompt_ids=list(prompt_ids),
                 sampling=sampling,
                 sink=sink,
-                sampler=Sampler(sampling, self.runner.device),
+                sampler=Sampler(
+                    sampling,
+                    self.runner.device,
+                    eos_ids=self.runner.eos_ids,
+                    prompt_tokens=len(prompt_ids),
+                ),
                 output=self.output.start(prompt_ids, sampling, time.monotonic()),
                 history=list(prompt_ids),
             )

@@ -87,7 +87,12 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         unknown = openai.unknown_model(body.model, names)
         if unknown is not None:
             raise ApiError(404, ErrorCode.MODEL_NOT_FOUND, unknown, param="model")
-        stream = await state.open(_native(body))
+        try:
+            stream = await state.open(_native(body))
+        except ApiError as exc:
+            exc.message = openai.in_client_terms(exc.message)
+            exc.param = exc.param and openai.in_client_terms(exc.param)
+            raise
         echo = body.prompt_text if isinstance(body, openai.CompletionRequest) and body.echo else ""
         answer_id = state.next_id("chatcmpl" if kind == "chat" else "cmpl")
         answer = openai.Answer(kind, answer_id, body.model or names[0], echo=echo)

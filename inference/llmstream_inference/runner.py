@@ -96,6 +96,7 @@ class ModelRunner:
             )
         self.num_layers: int = text_config.num_hidden_layers
         self.max_positions: int = getattr(text_config, "max_position_embeddings", 2048)
+        self.vocab_size: int = int(text_config.vocab_size)
         self.eos_ids = self._eos_ids()
         self.load_seconds = time.monotonic() - started
         log.info(

@@ -1,7 +1,9 @@
 """Per-request sampling: resolving parameters against server defaults and picking tokens.
 
-The logits processors are transformers' own (repetition penalty, temperature, top-k, top-p);
-greedy rows without a penalty, the common case, are decided for the whole batch in one argmax.
+The logits processors are transformers' own (repetition penalty, temperature, top-k, top-p),
+after OpenAI's adjustments (logit bias, presence/frequency penalties on the output so far) and
+holding back the end-of-sequence token (`min_new_tokens`, `ignore_eos`); greedy rows without
+any of these, the common case, are decided for the whole batch in one argmax.
 """
 
 from __future__ import annotations
@@ -52,10 +54,26 @@ class ResolvedSampling:
     repetition_penalty: float
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
+    min_new_tokens: int = 0
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether OpenAI's adjustments or the EOS hold change this request's logits."""
+        return bool(
+            self.logit_bias
+            or self.presence_penalty
+            or self.frequency_penalty
+            or self.min_new_tokens
+            or self.ignore_eos
+        )
 
     @property
     def is_plain_greedy(self) -> bool:
-        return not self.do_sample and self.repetition_penalty == 1.0
+        return not self.do_sample and self.repetition_penalty == 1.0 and not self.adjusts_logits
 
 
 def resolve(params: SamplingParams, defaults: Defaults) -> ResolvedSampling:
@@ -65,6 +83,11 @@ def resolve(params: SamplingParams, defaults: Defaults) -> ResolvedSampling:
         raise ParameterError(
             "params.max_new_tokens",
             f"{max_new} is above this server's limit of {defaults.max_new_tokens_limit}",
+        )
+    if params.min_new_tokens > max_new:
+        raise ParameterError(
+            "params.min_new_tokens",
+            f"{params.min_new_tokens} is more than the {max_new} tokens this request may generate",
         )
     temperature = defaults.temperature if params.temperature is None else params.temperature
     do_sample = params.do_sample if params.do_sample is not None else temperature > 0
@@ -79,14 +102,30 @@ def resolve(params: SamplingParams, defaults: Defaults) -> ResolvedSampling:
         repetition_penalty=params.repetition_penalty,
         stop=tuple(params.stop),
         seed=params.seed,
+        min_new_tokens=params.min_new_tokens,
+        ignore_eos=params.ignore_eos,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        logit_bias=tuple((int(k), v) for k, v in (params.logit_bias or {}).items()),
     )
 
 
 class Sampler:
-    """Chooses the next token of one sequence from its logits row."""
+    """Chooses the next token of one sequence from its logits row. `eos_ids` are held back as
+    `min_new_tokens`/`ignore_eos` ask; `prompt_tokens` tells the output (which the presence
+    and frequency penalties count) from the prompt in the history."""
 
-    def __init__(self, sampling: ResolvedSampling, device: torch.device) -> None:
+    def __init__(
+        self,
+        sampling: ResolvedSampling,
+        device: torch.device,
+        *,
+        eos_ids: frozenset[int] = frozenset(),
+        prompt_tokens: int = 0,
+    ) -> None:
         self.sampling = sampling
+        self._eos_ids = sorted(eos_ids)
+        self._prompt_tokens = prompt_tokens
         processors = LogitsProcessorList()
         if sampling.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
@@ -106,6 +145,8 @@ class Sampler:
     def pick(self, logits: torch.Tensor, history: list[int]) -> int:
         """Next token from `logits` [vocab] given the tokens so far (prompt + output)."""
         scores = logits.unsqueeze(0).float()
+        if self.sampling.adjusts_logits:
+            scores = self._adjust(scores, history[self._prompt_tokens :])
         if self._processors:
             ids = torch.tensor([history], dtype=torch.long, device=logits.device)
             scores = self._processors(ids, scores)  # type: ignore[arg-type]
@@ -115,6 +156,22 @@ class Sampler:
         if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0.0:
             return limit_pick(scores, logits)
         return int(torch.multinomial(probs, 1, generator=self._generator).item())
+
+    def _adjust(self, scores: torch.Tensor, output: list[int]) -> torch.Tensor:
+        """OpenAI's logit bias and penalties, then the EOS hold (as vLLM orders them)."""
+        sampling, vocab = self.sampling, scores.shape[-1]
+        scores = scores.clone()
+        for token, bias in sampling.logit_bias:
+            if token < vocab:  # an id past this vocabulary has no logit to move
+                scores[0, token] += bias
+        if output and (sampling.presence_penalty or sampling.frequency_penalty):
+            ids = torch.tensor(output, dtype=torch.long, device=scores.device)
+            counts = torch.bincount(ids, minlength=vocab)[:vocab].to(scores.dtype)
+            scores[0] -= sampling.frequency_penalty * counts
+            scores[0] -= sampling.presence_penalty * (counts > 0).to(scores.dtype)
+        if self._eos_ids and (sampling.ignore_eos or len(output) < sampling.min_new_tokens):
+            scores[0, self._eos_ids] = float("-inf")
+        return scores
 
 
 def limit_pick(scores: torch.Tensor, logits: torch.Tensor) -> int:

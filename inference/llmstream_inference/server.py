@@ -135,6 +135,14 @@ class ServerState:
             sampling = resolve(request.params, self.config.defaults)
         except ParameterError as exc:
             raise ApiError(400, ErrorCode.INVALID_REQUEST, str(exc), param=exc.field) from exc
+        vocab = engine.runner.vocab_size
+        beyond = [token for token, _ in sampling.logit_bias if token >= vocab]
+        if beyond:
+            field = "params.logit_bias"
+            message = (
+                f"{field}: token id {beyond[0]} is not in this model's {vocab}-token vocabulary"
+            )
+            raise ApiError(400, ErrorCode.INVALID_REQUEST, message, param=field)
         chars = input_chars(request)
         if chars > engine.max_context * MAX_CHARS_PER_CONTEXT_TOKEN:
             raise ApiError(

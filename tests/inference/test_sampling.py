@@ -106,3 +106,47 @@ def test_a_failing_row_is_returned_as_its_error_and_the_others_still_pick() -> N
     picked = pick_batch(logits, [good, bad], [[0], [0]])
     assert isinstance(picked[0], int)
     assert isinstance(picked[1], RuntimeError)
+
+
+def greedy_sampler(eos: int = 9, prompt: int = 2, **fields: object) -> Sampler:
+    params = SamplingParams.model_validate({"temperature": 0, **fields})
+    sampling = resolve(params, DEFAULTS)
+    assert not sampling.is_plain_greedy  # these rows take the per-row path, not the batch argmax
+    return Sampler(sampling, torch.device("cpu"), eos_ids=frozenset({eos}), prompt_tokens=prompt)
+
+
+def test_logit_bias_moves_the_named_token_and_ignores_ids_past_the_vocabulary() -> None:
+    logits = torch.zeros(10)
+    logits[3] = 5.0
+    assert greedy_sampler(logit_bias={"7": 6.0, "123456": 100.0}).pick(logits, [1, 1]) == 7
+    assert greedy_sampler(logit_bias={"3": -100.0}).pick(logits, [1, 1]) != 3
+
+
+def test_presence_and_frequency_penalties_count_the_output_not_the_prompt() -> None:
+    logits = torch.zeros(10)
+    logits[4], logits[5] = 3.0, 2.5
+    # Token 4 is in the prompt only: no penalty, it stays the choice.
+    assert greedy_sampler(presence_penalty=1.0).pick(logits, [4, 4]) == 4
+    # Once in the output, presence (1.0) takes it below token 5.
+    assert greedy_sampler(presence_penalty=1.0).pick(logits, [1, 1, 4]) == 5
+    # Frequency counts each appearance: 0.3 twice takes it below 5, once does not.
+    assert greedy_sampler(frequency_penalty=0.3).pick(logits, [1, 1, 4]) == 4
+    assert greedy_sampler(frequency_penalty=0.3).pick(logits, [1, 1, 4, 4]) == 5
+    # A negative penalty favours what was said.
+    assert greedy_sampler(presence_penalty=-1.0).pick(logits, [1, 1, 5]) == 5
+
+
+def test_eos_is_held_back_until_min_new_tokens_and_always_with_ignore_eos() -> None:
+    logits = torch.zeros(10)
+    logits[9] = 10.0  # the EOS token is the model's choice
+    held = greedy_sampler(min_new_tokens=2, max_new_tokens=4)
+    assert held.pick(logits, [1, 1]) != 9
+    assert held.pick(logits, [1, 1, 3]) != 9
+    assert held.pick(logits, [1, 1, 3, 3]) == 9  # two tokens out: EOS may end it now
+    assert greedy_sampler(ignore_eos=True).pick(logits, [1, 1, 3, 3, 3]) != 9
+
+
+def test_min_new_tokens_above_max_new_tokens_is_refused_naming_the_field() -> None:
+    with pytest.raises(ParameterError) as info:
+        resolve(SamplingParams(min_new_tokens=40), DEFAULTS)
+    assert info.value.field == "params.min_new_tokens"
