@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Collection
-from typing import Annotated, Any, Literal
+from collections.abc import Collection, Sequence
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .wire import (
     ChatMessage,
@@ -35,6 +35,8 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 # the endpoint (spec.model.aliases), given to both servers as a comma-separated list.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 MAX_MODEL_ALIASES = 8
+# Choices one request may ask for (`n` times the prompts of a completion): each is a stream.
+MAX_CHOICES = 8
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
@@ -93,7 +95,7 @@ class _Sampling(_Open):
     seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
     frequency_penalty: Penalty | None = None
@@ -105,6 +107,18 @@ class _Sampling(_Open):
     repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
+
+    @property
+    def per_prompt(self) -> int:
+        """Choices per prompt (`n`)."""
+        return self.n or 1
+
+    def _seeds(self) -> list[Seed | None]:
+        """One seed per choice of a prompt: `seed`, `seed + 1`, … so seeded choices differ."""
+        if self.seed is None:
+            return [None] * self.per_prompt
+        low, span = -(2**63), 2**64 + 2**63
+        return [(self.seed + j - low) % span + low for j in range(self.per_prompt)]
 
     def params(self, max_new_tokens: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -135,24 +149,52 @@ class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[OpenAIMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
 
-    def native(self) -> GenerateInput:
+    def natives(self) -> list[GenerateInput]:
+        """The native request of each choice, in choice order."""
         params = self.params(self.max_completion_tokens or self.max_tokens)
-        return GenerateInput(messages=[m.native() for m in self.messages], params=params)
+        messages = [m.native() for m in self.messages]
+        return [
+            GenerateInput(messages=messages, params=params.model_copy(update={"seed": seed}))
+            for seed in self._seeds()
+        ]
+
+    def echoes(self) -> list[str]:
+        """What each choice's text starts with: nothing (chat has no echo)."""
+        return [""] * self.per_prompt
 
 
 class CompletionRequest(_Sampling):
-    """Body of `POST /v1/completions`: one prompt (a string or a list holding one)."""
+    """Body of `POST /v1/completions`: a prompt, or a list of prompts (`n` choices each)."""
 
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
     echo: bool = False
 
-    @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    @model_validator(mode="after")
+    def _choices_bounded(self) -> Self:
+        if len(self.prompts) * self.per_prompt > MAX_CHOICES:
+            raise ValueError(
+                f"n × prompts is {len(self.prompts) * self.per_prompt}; at most {MAX_CHOICES} "
+                "choices per request"
+            )
+        return self
 
-    def native(self) -> GenerateInput:
-        max_tokens = self.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
-        return GenerateInput(prompt=self.prompt_text, params=self.params(max_tokens))
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+    def natives(self) -> list[GenerateInput]:
+        """The native request of each choice, in choice order: prompt i's j-th choice is
+        choice i·n + j, as OpenAI numbers them."""
+        params = self.params(self.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS)
+        return [
+            GenerateInput(prompt=prompt, params=params.model_copy(update={"seed": seed}))
+            for prompt in self.prompts
+            for seed in self._seeds()
+        ]
+
+    def echoes(self) -> list[str]:
+        """What each choice's text starts with: its prompt with `echo`, else nothing."""
+        return [p if self.echo else "" for p in self.prompts for _ in range(self.per_prompt)]
 
 
 # Native sampling fields whose OpenAI name differs; every other `params.X` is `X` there too.
@@ -193,6 +235,14 @@ def finish_reason(reason: FinishReason) -> str:
     return "length" if reason == "length" else "stop"
 
 
+def total_usage(counts: Sequence[Usage], per_prompt: int) -> Usage:
+    """The usage of a request's choices together: each prompt counted once, as OpenAI does."""
+    return Usage(
+        prompt_tokens=sum(c.prompt_tokens for c in counts[::per_prompt]),
+        completion_tokens=sum(c.completion_tokens for c in counts),
+    )
+
+
 def usage(counts: Usage) -> dict[str, int]:
     return {
         "prompt_tokens": counts.prompt_tokens,
@@ -202,17 +252,24 @@ def usage(counts: Usage) -> dict[str, int]:
 
 
 class Answer:
-    """The OpenAI shapes of one answer: a chat completion or a text completion, streamed
-    (`chunk`s: an opening one, one per token, a closing one with the finish reason, then the
-    usage if asked for) or whole (`result`)."""
+    """The OpenAI shapes of one answer, a chat completion or a text completion with one or more
+    choices: streamed (an opening chunk per choice, one per token, one with each choice's
+    finish reason, then the usage if asked for) or whole (`result`). `echoes` gives each
+    choice's leading text (a completion's echoed prompt)."""
 
     def __init__(
-        self, kind: Kind, answer_id: str, model: str, *, echo: str = "", created: int | None = None
+        self,
+        kind: Kind,
+        answer_id: str,
+        model: str,
+        *,
+        echoes: Sequence[str] = ("",),
+        created: int | None = None,
     ) -> None:
         self.kind = kind
         self.id = answer_id
         self.model = model
-        self.echo = echo
+        self.echoes = list(echoes)
         self.created = int(time.time()) if created is None else created
 
     def _chunk(self, choices: list[dict[str, Any]], counts: Usage | None = None) -> dict[str, Any]:
@@ -227,48 +284,66 @@ class Answer:
             body["usage"] = usage(counts)
         return body
 
-    def _choice(self, text: str, finish: str | None) -> dict[str, Any]:
+    def _choice(self, index: int, text: str, finish: str | None) -> dict[str, Any]:
         if self.kind == "completion":
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
         delta = {"content": text} if text or finish is None else {}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    def opening(self) -> dict[str, Any] | None:
-        """Chat: the assistant's role before any text; completion: the echoed prompt, if any."""
+    def opening(self) -> list[dict[str, Any]]:
+        """Chat: the assistant's role before any text; completion: each echoed prompt."""
         if self.kind == "chat":
-            first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
-            return self._chunk([{**first, "finish_reason": None}])
-        return self._chunk([self._choice(self.echo, None)]) if self.echo else None
+            return [
+                self._chunk(
+                    [
+                        {
+                            "index": index,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+                for index in range(len(self.echoes))
+            ]
+        return [
+            self._chunk([self._choice(index, echo, None)])
+            for index, echo in enumerate(self.echoes)
+            if echo
+        ]
 
-    def token(self, text: str, counts: Usage | None = None) -> dict[str, Any]:
-        """One token's chunk (`counts`: usage so far, for continuous usage stats)."""
-        return self._chunk([self._choice(text, None)], counts)
+    def token(self, text: str, index: int = 0) -> dict[str, Any]:
+        """One token's chunk of choice `index`."""
+        return self._chunk([self._choice(index, text, None)])
 
-    def closing(
-        self, reason: FinishReason, counts: Usage, include_usage: bool
-    ) -> list[dict[str, Any]]:
-        """The chunk with the finish reason, and the usage chunk when it was asked for."""
-        chunks = [self._chunk([self._choice("", finish_reason(reason))])]
-        if include_usage:
-            chunks.append(self._chunk([], counts))
-        return chunks
+    def finish(self, reason: FinishReason, index: int = 0) -> dict[str, Any]:
+        """The chunk ending choice `index`."""
+        return self._chunk([self._choice(index, "", finish_reason(reason))])
 
-    def result(self, text: str, reason: FinishReason, counts: Usage) -> dict[str, Any]:
-        """The whole answer of a non-streaming request."""
-        if self.kind == "chat":
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason(reason),
-            }
-        else:
-            choice = self._choice(self.echo + text, finish_reason(reason))
+    def usage_chunk(self, counts: Usage) -> dict[str, Any]:
+        """The last chunk of a stream whose client asked for the usage."""
+        return self._chunk([], counts)
+
+    def result(self, outcomes: Sequence[tuple[str, FinishReason]], counts: Usage) -> dict[str, Any]:
+        """The whole answer of a non-streaming request: each choice's text and finish reason."""
+        choices = []
+        for index, ((text, reason), echo) in enumerate(zip(outcomes, self.echoes, strict=True)):
+            if self.kind == "chat":
+                choices.append(
+                    {
+                        "index": index,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": finish_reason(reason),
+                    }
+                )
+            else:
+                choices.append(self._choice(index, echo + text, finish_reason(reason)))
         return {
             "id": self.id,
             "object": "chat.completion" if self.kind == "chat" else "text_completion",
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            "choices": choices,
             "usage": usage(counts),
         }

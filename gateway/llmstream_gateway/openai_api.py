@@ -7,10 +7,12 @@ shapes, streamed as `data: {chunk}` lines ending with `data: [DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,13 +25,17 @@ from llmstream.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
+    FinishReason,
+    GenerateInput,
     HoldReason,
+    Usage,
     describe_validation_error,
 )
 
 from .backends import BackendSet
 from .http_api import CollectSink, LazyEventStream, error_response, read_json
-from .streams import StreamRunner
+from .metrics import StreamRecord
+from .streams import StreamControl, StreamRunner, StreamSink
 
 # How long asking a backend for its model names may take.
 CATALOG_TIMEOUT_S = 5.0
@@ -45,43 +51,112 @@ class ModelList(BaseModel):
     data: list[_Model]
 
 
-class ChunkSink(LazyEventStream):
-    """OpenAI streaming: an opening chunk, one per token, the closing ones, `[DONE]`."""
+class ChunkStream(LazyEventStream):
+    """OpenAI streaming of an answer whose choices are streams of their own: an opening chunk
+    per choice, then each token as it comes, each choice's finish, and once all are done the
+    usage (if asked) and `[DONE]`. The first error ends the answer (`failed`)."""
 
-    def __init__(self, request: web.Request, answer: openai.Answer, include_usage: bool) -> None:
+    def __init__(
+        self, request: web.Request, answer: openai.Answer, include_usage: bool, per_prompt: int
+    ) -> None:
         super().__init__(request)
         self.answer = answer
         self.include_usage = include_usage
+        self.per_prompt = per_prompt
+        self.counts: dict[int, Usage] = {}
         self.opened = False
+        self.failed = False
+
+    def choice(self, index: int) -> ChoiceSink:
+        return ChoiceSink(self, index)
 
     @staticmethod
     def _data(body: dict[str, Any]) -> str:
         return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
-    def _opening(self) -> str:
-        self.opened = True
-        first = self.answer.opening()
-        return "" if first is None else self._data(first)
+    async def _send(self, payload: str) -> None:
+        if not self.opened:
+            self.opened = True
+            payload = "".join(self._data(chunk) for chunk in self.answer.opening()) + payload
+        await self.write(payload)
 
-    async def queued(self, reason: HoldReason, position: int) -> None:
-        """OpenAI clients have no notion of a held stream; they just wait."""
+    async def token(self, index: int, text: str) -> None:
+        if not self.failed:
+            await self._send(self._data(self.answer.token(text, index)))
 
-    async def token(self, text: str, index: int) -> None:
-        payload = self._data(self.answer.token(text))
-        await self.write(payload if self.opened else self._opening() + payload)
-
-    async def done(self, event: DoneEvent) -> None:
-        closing = self.answer.closing(event.finish_reason, event.usage, self.include_usage)
-        payload = "".join(self._data(chunk) for chunk in closing) + "data: [DONE]\n\n"
-        await self.write(payload if self.opened else self._opening() + payload)
+    async def done(self, index: int, event: DoneEvent) -> None:
+        if self.failed:
+            return
+        self.counts[index] = event.usage
+        payload = self._data(self.answer.finish(event.finish_reason, index))
+        if len(self.counts) == len(self.answer.echoes):
+            if self.include_usage:
+                ordered = [self.counts[i] for i in sorted(self.counts)]
+                usage = openai.total_usage(ordered, self.per_prompt)
+                payload += self._data(self.answer.usage_chunk(usage))
+            payload += "data: [DONE]\n\n"
+        await self._send(payload)
 
     async def error(self, event: ErrorEvent) -> None:
+        if self.failed:
+            return
+        self.failed = True
         if self.response is None:
             self.early_error = event
             return
         message = openai.in_client_terms(event.message)
         body = error_body(event.code, message, retry_after_s=event.retry_after_s)
         await self.write(f"{self._data(body)}data: [DONE]\n\n")
+
+
+@dataclass(frozen=True)
+class ChoiceSink:
+    """One choice's stream, feeding its answer's `ChunkStream`."""
+
+    answer: ChunkStream
+    index: int
+
+    async def queued(self, reason: HoldReason, position: int) -> None:
+        """OpenAI clients have no notion of a held stream; they just wait."""
+
+    async def token(self, text: str, index: int) -> None:
+        await self.answer.token(self.index, text)
+
+    async def done(self, event: DoneEvent) -> None:
+        await self.answer.done(self.index, event)
+
+    async def error(self, event: ErrorEvent) -> None:
+        await self.answer.error(event)
+
+
+async def run_choices(
+    runner: StreamRunner,
+    natives: list[GenerateInput],
+    sinks: Sequence[StreamSink],
+    failed: Callable[[], bool],
+) -> list[StreamRecord]:
+    """Run each choice's stream (placed, held and retried on its own); once `failed()` says
+    one ended the answer, the others are cancelled. One choice runs in the caller's task."""
+    if len(natives) == 1:
+        return [await runner.run(natives[0], sinks[0], "openai")]
+    controls = [StreamControl() for _ in natives]
+    tasks = [
+        asyncio.create_task(runner.run(native, sink, "openai", control=control))
+        for native, sink, control in zip(natives, sinks, controls, strict=True)
+    ]
+    try:
+        pending: set[asyncio.Task[StreamRecord]] = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if failed():
+                for task, control in zip(tasks, controls, strict=True):
+                    if not task.done():
+                        control.cancel_reason = "cancelled"
+                        task.cancel()
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:  # the client went away (this task was cancelled): so do they
+            task.cancel()
 
 
 def completions_handler(
@@ -93,7 +168,7 @@ def completions_handler(
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             body = model_cls.model_validate(await read_json(request, body_timeout_s))
-            native = body.native()
+            natives = body.natives()
         except ValidationError as exc:
             return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))
         except ValueError as exc:
@@ -102,27 +177,32 @@ def completions_handler(
         unknown = None if names is None else openai.unknown_model(body.model, names)
         if unknown is not None:
             return error_response(ErrorCode.MODEL_NOT_FOUND, unknown)
-        echo = body.prompt_text if isinstance(body, openai.CompletionRequest) and body.echo else ""
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         model = body.model or catalog.default_model()
+        echoes = body.echoes()
         if body.stream:
-            answer = openai.Answer(kind, f"{prefix}-{uuid.uuid4().hex[:24]}", model, echo=echo)
-            sink = ChunkSink(request, answer, body.include_usage)
-            await runner.run(native, sink, "openai")
-            return await sink.finish()
-        collect = CollectSink()
-        record = await runner.run(native, collect, "openai")
-        if collect.error_event is not None or collect.done_event is None:
-            event = collect.error_event or ErrorEvent(
-                code=ErrorCode.INTERNAL, message="stream ended without a result"
-            )
-            message = openai.in_client_terms(event.message)
-            return error_response(event.code, message, event.retry_after_s)
-        done = collect.done_event
-        answer = openai.Answer(kind, f"{prefix}-{record.stream_id}", model, echo=echo)
-        return web.json_response(
-            answer.result("".join(collect.parts), done.finish_reason, done.usage)
+            answer = openai.Answer(kind, f"{prefix}-{uuid.uuid4().hex[:24]}", model, echoes=echoes)
+            stream = ChunkStream(request, answer, body.include_usage, body.per_prompt)
+            sinks = [stream.choice(i) for i in range(len(natives))]
+            await run_choices(runner, natives, sinks, lambda: stream.failed)
+            return await stream.finish()
+        collected = [CollectSink() for _ in natives]
+        records = await run_choices(
+            runner, natives, collected, lambda: any(c.error_event for c in collected)
         )
+        results: list[tuple[str, FinishReason]] = []
+        for sink in collected:
+            if sink.error_event is not None or sink.done_event is None:
+                event = sink.error_event or ErrorEvent(
+                    code=ErrorCode.INTERNAL, message="stream ended without a result"
+                )
+                message = openai.in_client_terms(event.message)
+                return error_response(event.code, message, event.retry_after_s)
+            results.append(("".join(sink.parts), sink.done_event.finish_reason))
+        dones = [sink.done_event for sink in collected if sink.done_event is not None]
+        usage = openai.total_usage([done.usage for done in dones], body.per_prompt)
+        answer = openai.Answer(kind, f"{prefix}-{records[0].stream_id}", model, echoes=echoes)
+        return web.json_response(answer.result(results, usage))
 
     return handle
 

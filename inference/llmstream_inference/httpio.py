@@ -115,8 +115,8 @@ async def with_heartbeats(
             await aclose()
 
 
-async def until_disconnected(request: Request, work: Awaitable[Any], stream: Stream) -> Any:
-    """Await `work`; if the client goes away first, cancel the stream and give up."""
+async def until_disconnected(request: Request, work: Awaitable[Any], *streams: Stream) -> Any:
+    """Await `work`; if the client goes away first, cancel the streams and give up."""
     task = asyncio.ensure_future(work)
 
     async def watch() -> None:
@@ -131,7 +131,8 @@ async def until_disconnected(request: Request, work: Awaitable[Any], stream: Str
         watcher.cancel()
     if not task.done():
         task.cancel()
-        stream.cancel()
+        for stream in streams:
+            stream.cancel()
         raise ApiError(499, ErrorCode.INVALID_REQUEST, "client closed the request")
     return task.result()
 

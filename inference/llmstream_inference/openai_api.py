@@ -6,6 +6,7 @@ the gateway uses too (`llmstream/openai.py`); this module runs them on the engin
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from llmstream import openai
 from llmstream.errors import error_body
 from llmstream.wire import ErrorCode, GenerateInput, Usage
 
-from .engine import Failed, Finished, Stream, TokenDelta
+from .engine import Event, Failed, Finished, Stream, TokenDelta
 from .errors import ApiError, invalid
 from .httpio import collect, parse_body, sse, until_disconnected
 
@@ -26,12 +27,28 @@ if TYPE_CHECKING:
     from .server import ServerState
 
 
-def _native(body: openai.ChatCompletionRequest | openai.CompletionRequest) -> GenerateInput:
-    """The native request; a rule only it checks is still a 400 naming the field."""
+def _natives(body: openai.ChatCompletionRequest | openai.CompletionRequest) -> list[GenerateInput]:
+    """The native request of each choice; a rule only they check is still a 400."""
     try:
-        return body.native()
+        return body.natives()
     except ValidationError as exc:
         raise invalid(exc) from exc
+
+
+async def _open_all(state: ServerState, natives: list[GenerateInput]) -> list[Stream]:
+    """Admit every choice, or none: one refused (429, 400 …) cancels those already admitted.
+    The refusal names the client's OpenAI fields."""
+    streams: list[Stream] = []
+    try:
+        for native in natives:
+            streams.append(await state.open(native))
+    except ApiError as exc:
+        for stream in streams:
+            stream.cancel()
+        exc.message = openai.in_client_terms(exc.message)
+        exc.param = exc.param and openai.in_client_terms(exc.param)
+        raise
+    return streams
 
 
 def _usage(done: Finished) -> Usage:
@@ -42,25 +59,60 @@ def _chunk(obj: dict[str, Any]) -> bytes:
     return sse("", obj)
 
 
-async def _openai_stream(
-    stream: Stream, answer: openai.Answer, include_usage: bool
-) -> AsyncIterator[bytes]:
-    """OpenAI SSE chunks of one answer, then `[DONE]`."""
+async def _merged(streams: list[Stream]) -> AsyncIterator[tuple[int, Event]]:
+    """The events of every choice as they come, with the choice's index."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, Event | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: Stream) -> None:
+        try:
+            async for event in stream:
+                queue.put_nowait((index, event))
+        finally:
+            queue.put_nowait((index, None))
+
+    pumps = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:
-        first = answer.opening()
-        if first is not None:
-            yield _chunk(first)
-        async for event in stream:
+        remaining = len(streams)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            else:
+                yield index, item
+    finally:
+        for task in pumps:
+            task.cancel()
+
+
+async def _openai_stream(
+    streams: list[Stream], answer: openai.Answer, include_usage: bool, per_prompt: int
+) -> AsyncIterator[bytes]:
+    """OpenAI SSE chunks of every choice, the usage if asked, then `[DONE]`."""
+    counts: dict[int, Usage] = {}
+    try:
+        for chunk in answer.opening():
+            yield _chunk(chunk)
+        async for index, event in _merged(streams):
             if isinstance(event, TokenDelta):
-                yield _chunk(answer.token(event.text))
+                yield _chunk(answer.token(event.text, index))
             elif isinstance(event, Finished):
-                for chunk in answer.closing(event.reason, _usage(event), include_usage):
-                    yield _chunk(chunk)
+                counts[index] = _usage(event)
+                yield _chunk(answer.finish(event.reason, index))
             elif isinstance(event, Failed):
                 yield _chunk(error_body(ErrorCode.INTERNAL, event.message))
+                break
+        else:
+            if include_usage:
+                ordered = [counts[i] for i in sorted(counts)]
+                yield _chunk(answer.usage_chunk(openai.total_usage(ordered, per_prompt)))
         yield b"data: [DONE]\n\n"
     finally:
-        stream.cancel()
+        for stream in streams:
+            stream.cancel()
 
 
 def add_openai_routes(app: FastAPI, state: ServerState) -> None:
@@ -87,20 +139,21 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         unknown = openai.unknown_model(body.model, names)
         if unknown is not None:
             raise ApiError(404, ErrorCode.MODEL_NOT_FOUND, unknown, param="model")
-        try:
-            stream = await state.open(_native(body))
-        except ApiError as exc:
-            exc.message = openai.in_client_terms(exc.message)
-            exc.param = exc.param and openai.in_client_terms(exc.param)
-            raise
-        echo = body.prompt_text if isinstance(body, openai.CompletionRequest) and body.echo else ""
+        streams = await _open_all(state, _natives(body))
         answer_id = state.next_id("chatcmpl" if kind == "chat" else "cmpl")
-        answer = openai.Answer(kind, answer_id, body.model or names[0], echo=echo)
+        answer = openai.Answer(kind, answer_id, body.model or names[0], echoes=body.echoes())
         if body.stream:
-            chunks = _openai_stream(stream, answer, body.include_usage)
+            chunks = _openai_stream(streams, answer, body.include_usage, body.per_prompt)
             return StreamingResponse(chunks, media_type="text/event-stream")
-        text, done = await until_disconnected(request, collect(stream), stream)
-        return JSONResponse(answer.result(text, done.reason, _usage(done)))
+        try:
+            results = await until_disconnected(
+                request, asyncio.gather(*(collect(s) for s in streams)), *streams
+            )
+        finally:
+            for stream in streams:
+                stream.cancel()
+        counts = openai.total_usage([_usage(done) for _, done in results], body.per_prompt)
+        return JSONResponse(answer.result([(text, done.reason) for text, done in results], counts))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:

@@ -75,6 +75,25 @@ def streamed_with_usage(answer: dict[str, Any]) -> None:
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
 
 
+def choices(count: int, per_choice: int) -> Check:
+    def check(answer: dict[str, Any]) -> None:
+        assert [c["index"] for c in answer["choices"]] == list(range(count)), answer
+        assert answer["usage"]["completion_tokens"] == count * per_choice, answer
+
+    return check
+
+
+def streamed_choices(count: int) -> Check:
+    def check(answer: dict[str, Any]) -> None:
+        chunks = answer["chunks"]
+        finished = [c["choices"][0]["index"] for c in chunks
+                    if c["choices"] and c["choices"][0]["finish_reason"]]  # fmt: skip
+        assert sorted(finished) == list(range(count)), chunks
+        assert chunks[-1]["usage"]["completion_tokens"] == 4 * count, chunks[-1]
+
+    return check
+
+
 def any_answer(answer: dict[str, Any]) -> None:
     assert answer["choices"], answer
 
@@ -140,7 +159,14 @@ ROWS = {
     "no model": Row("/v1/completions", {"prompt": "Once", "max_tokens": 2, **GREEDY}, 200,
                     usage_is(2)),
     "unknown model": Row("/v1/completions", completion(model="gpt-4"), 404, names="gpt-4"),
-    "n > 1": Row("/v1/chat/completions", chat(n=2), 400, names="n"),
+    "n > 1": Row("/v1/chat/completions", chat(n=3), 200, choices(3, per_choice=4)),
+    "n > 1 streamed": Row("/v1/chat/completions", chat(n=2, stream=True, stream_options={
+        "include_usage": True}), 200, streamed_choices(2)),
+    "several prompts": Row("/v1/completions", completion(prompt=["Once upon", "The sky"], n=2),
+                           200, choices(4, per_choice=4)),
+    "n over the limit": Row("/v1/chat/completions", chat(n=9), 400, names="n"),
+    "choices over the limit": Row("/v1/completions", completion(prompt=["a", "b", "c"], n=3),
+                                  400, names="choices"),
     "logprobs": Row("/v1/chat/completions", chat(logprobs=True, top_logprobs=2), 400,
                     names="logprobs"),
     "tools": Row("/v1/chat/completions", chat(tools=[{"type": "function"}]), 400, names="tools"),

@@ -161,11 +161,11 @@ def test_every_openai_body_is_a_request_or_a_named_error(
 ) -> None:
     body, kind = case
     # Both servers parse with llmstream.openai and answer a ValidationError with 400; what
-    # comes after (.native(), building the native request) has no handler: it must not raise.
+    # comes after (.natives(), building the native request) has no handler: it must not raise.
     parsed: list[Any] = []
     refused = refusal(
         lambda: parsed.append(openai.request_model(kind).model_validate(body)), ValidationError
     )
     if refused is None:
-        parsed[0].native()
+        parsed[0].natives()
     assert refused is None or str(refused)

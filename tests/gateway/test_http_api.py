@@ -166,9 +166,15 @@ async def test_openai_unsupported_parameter_is_a_400_naming_it(fake_backend, gat
     backend = await fake_backend()
     gw = await gateway(backends=(backend.url,))
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
-    with pytest.raises(openai.BadRequestError, match="n: Input should be 1"):
+    with pytest.raises(openai.BadRequestError, match="n: Input should be less than or equal to 8"):
         await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], n=2
+            model="m", messages=[{"role": "user", "content": "hi"}], n=9
+        )
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        await client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[{"type": "function", "function": {"name": "f"}}],
         )
     await client.close()
 
