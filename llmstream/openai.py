@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .wire import (
+    MAX_TOP_LOGPROBS,
     ChatMessage,
     FinishReason,
     GenerateInput,
@@ -25,6 +27,7 @@ from .wire import (
     Seed,
     StopString,
     StopStrings,
+    TokenLogprob,
     Usage,
 )
 
@@ -101,7 +104,6 @@ class _Sampling(_Open):
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
-    logprobs: Literal[False] | None = None
     # Extensions under vLLM's names.
     top_k: Annotated[int, Field(ge=0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
@@ -135,8 +137,13 @@ class _Sampling(_Open):
             "logit_bias": self.logit_bias,
             "ignore_eos": self.ignore_eos,
             "min_new_tokens": self.min_tokens,
+            "logprobs": self.alternatives(),
         }
         return SamplingParams(**{k: v for k, v in fields.items() if v is not None})
+
+    def alternatives(self) -> int | None:
+        """How many alternatives each token's log-probability lists; None: none asked."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -148,6 +155,17 @@ class ChatCompletionRequest(_Sampling):
 
     messages: Annotated[list[OpenAIMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> Self:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def alternatives(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def natives(self) -> list[GenerateInput]:
         """The native request of each choice, in choice order."""
@@ -168,6 +186,11 @@ class CompletionRequest(_Sampling):
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
     echo: bool = False
+    # The legacy form: the number of alternatives (OpenAI allows up to 5).
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+
+    def alternatives(self) -> int | None:
+        return self.logprobs
 
     @model_validator(mode="after")
     def _choices_bounded(self) -> Self:
@@ -251,6 +274,19 @@ def usage(counts: Usage) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one choice ended: its text, why, and its tokens' logprobs if they were asked for."""
+
+    text: str
+    reason: FinishReason
+    scored: Sequence[TokenLogprob] | None = None
+
+
+def _entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
 class Answer:
     """The OpenAI shapes of one answer, a chat completion or a text completion with one or more
     choices: streamed (an opening chunk per choice, one per token, one with each choice's
@@ -271,6 +307,8 @@ class Answer:
         self.model = model
         self.echoes = list(echoes)
         self.created = int(time.time()) if created is None else created
+        # Completions' legacy logprobs give each token's offset in its choice's text.
+        self._offsets = [len(echo) for echo in self.echoes]
 
     def _chunk(self, choices: list[dict[str, Any]], counts: Usage | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -284,11 +322,41 @@ class Answer:
             body["usage"] = usage(counts)
         return body
 
-    def _choice(self, index: int, text: str, finish: str | None) -> dict[str, Any]:
+    def _choice(
+        self,
+        index: int,
+        text: str,
+        finish: str | None,
+        scored: Sequence[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        logprobs = None if scored is None else self._logprobs(index, scored)
         if self.kind == "completion":
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         delta = {"content": text} if text or finish is None else {}
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def _logprobs(self, index: int, scored: Sequence[TokenLogprob]) -> dict[str, Any]:
+        """OpenAI's logprobs object: chat's `content` list, or completions' legacy columns."""
+        if self.kind == "chat":
+            return {
+                "content": [
+                    {
+                        **_entry(s.token, s.logprob),
+                        "top_logprobs": [_entry(t.token, t.logprob) for t in s.top],
+                    }
+                    for s in scored
+                ]
+            }
+        offsets = []
+        for s in scored:
+            offsets.append(self._offsets[index])
+            self._offsets[index] += len(s.token)
+        return {
+            "tokens": [s.token for s in scored],
+            "token_logprobs": [s.logprob for s in scored],
+            "top_logprobs": [{t.token: t.logprob for t in s.top} for s in scored],
+            "text_offset": offsets,
+        }
 
     def opening(self) -> list[dict[str, Any]]:
         """Chat: the assistant's role before any text; completion: each echoed prompt."""
@@ -312,9 +380,11 @@ class Answer:
             if echo
         ]
 
-    def token(self, text: str, index: int = 0) -> dict[str, Any]:
-        """One token's chunk of choice `index`."""
-        return self._chunk([self._choice(index, text, None)])
+    def token(
+        self, text: str, index: int = 0, scored: Sequence[TokenLogprob] | None = None
+    ) -> dict[str, Any]:
+        """One token event's chunk of choice `index` (`scored`: its tokens' logprobs)."""
+        return self._chunk([self._choice(index, text, None, scored)])
 
     def finish(self, reason: FinishReason, index: int = 0) -> dict[str, Any]:
         """The chunk ending choice `index`."""
@@ -324,21 +394,24 @@ class Answer:
         """The last chunk of a stream whose client asked for the usage."""
         return self._chunk([], counts)
 
-    def result(self, outcomes: Sequence[tuple[str, FinishReason]], counts: Usage) -> dict[str, Any]:
-        """The whole answer of a non-streaming request: each choice's text and finish reason."""
+    def result(self, outcomes: Sequence[Outcome], counts: Usage) -> dict[str, Any]:
+        """The whole answer of a non-streaming request: each choice's text, finish reason and
+        (when asked) logprobs."""
         choices = []
-        for index, ((text, reason), echo) in enumerate(zip(outcomes, self.echoes, strict=True)):
+        for index, (outcome, echo) in enumerate(zip(outcomes, self.echoes, strict=True)):
+            reason = finish_reason(outcome.reason)
             if self.kind == "chat":
+                logprobs = None if outcome.scored is None else self._logprobs(index, outcome.scored)
                 choices.append(
                     {
                         "index": index,
-                        "message": {"role": "assistant", "content": text},
-                        "logprobs": None,
-                        "finish_reason": finish_reason(reason),
+                        "message": {"role": "assistant", "content": outcome.text},
+                        "logprobs": logprobs,
+                        "finish_reason": reason,
                     }
                 )
             else:
-                choices.append(self._choice(index, echo + text, finish_reason(reason)))
+                choices.append(self._choice(index, echo + outcome.text, reason, outcome.scored))
         return {
             "id": self.id,
             "object": "chat.completion" if self.kind == "chat" else "text_completion",

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MAX_STOP_STRINGS = 8
 MAX_ID_LENGTH = 128
+# Most alternatives a token's log-probability may list (OpenAI's top_logprobs bound).
+MAX_TOP_LOGPROBS = 20
 # The inference server's SSE streams send this comment after this many seconds without an
 # event (while a request is queued or a long prompt is prefilled), so the gateway can tell a
 # slow backend from a hung one: its read timeout (30 s by default) spans several of them.
@@ -103,6 +105,9 @@ class SamplingParams(_Strict):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     logit_bias: LogitBias | None = None
+    # Log-probabilities of each generated token under the model, with this many most likely
+    # alternatives (0: the chosen token's alone); None: none are sent.
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
 
 class ChatMessage(_Strict):
@@ -172,11 +177,30 @@ class Timing(BaseModel):
     duration_ms: float
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(BaseModel):
+    """A generated token's log-probability, and its most likely alternatives when asked."""
+
+    token: str
+    logprob: float
+    top: list[TopLogprob] = Field(default_factory=list)
+
+
+# A token event's tokens' log-probabilities, in order.
+Logprobs = list[TokenLogprob]
+
+
 class TokenEvent(BaseModel):
     type: Literal["token"] = "token"
     id: str | None = None
     text: str
     index: int
+    # With `params.logprobs`: one entry per token whose text this event carries.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class DoneEvent(BaseModel):
@@ -210,6 +234,7 @@ class GenerateResult(BaseModel):
     finish_reason: FinishReason
     usage: Usage
     timing: Timing
+    logprobs: list[TokenLogprob] | None = None  # with params.logprobs
 
 
 def header_timeout_message(timeout_s: float) -> str:

@@ -26,6 +26,7 @@ from llmstream.wire import (
     GenerateRequest,
     GenerateResult,
     HoldReason,
+    Logprobs,
     body_timeout_message,
     describe_validation_error,
 )
@@ -158,8 +159,9 @@ class SseSink(LazyEventStream):
     async def queued(self, reason: HoldReason, position: int) -> None:
         await self.write(f"event: queued\ndata: {queued_frame(None, reason, position)}\n\n")
 
-    async def token(self, text: str, index: int) -> None:
-        await self.write(f"event: token\ndata: {token_frame(None, text, index)}\n\n")
+    async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
+        frame = token_frame(None, text, index, logprobs)
+        await self.write(f"event: token\ndata: {frame}\n\n")
 
     async def done(self, event: DoneEvent) -> None:
         await self.write(f"event: done\ndata: {done_frame(event)}\n\n")
@@ -177,14 +179,17 @@ class CollectSink:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.logprobs: Logprobs | None = None
         self.done_event: DoneEvent | None = None
         self.error_event: ErrorEvent | None = None
 
     async def queued(self, reason: HoldReason, position: int) -> None:
         """Nothing to tell a non-streaming client while it waits."""
 
-    async def token(self, text: str, index: int) -> None:
+    async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
         self.parts.append(text)
+        if logprobs is not None:
+            self.logprobs = [*(self.logprobs or []), *logprobs]
 
     async def done(self, event: DoneEvent) -> None:
         self.done_event = event
@@ -231,5 +236,7 @@ def collected_response(stream_id: str, sink: CollectSink) -> web.Response:
         finish_reason=done.finish_reason,
         usage=done.usage,
         timing=done.timing,
+        logprobs=sink.logprobs,
     )
-    return web.json_response(text=result.model_dump_json())
+    unasked = {"logprobs"} if sink.logprobs is None else None
+    return web.json_response(text=result.model_dump_json(exclude=unasked))

@@ -25,9 +25,9 @@ from llmstream.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
-    FinishReason,
     GenerateInput,
     HoldReason,
+    Logprobs,
     Usage,
     describe_validation_error,
 )
@@ -80,9 +80,9 @@ class ChunkStream(LazyEventStream):
             payload = "".join(self._data(chunk) for chunk in self.answer.opening()) + payload
         await self.write(payload)
 
-    async def token(self, index: int, text: str) -> None:
+    async def token(self, index: int, text: str, logprobs: Logprobs | None) -> None:
         if not self.failed:
-            await self._send(self._data(self.answer.token(text, index)))
+            await self._send(self._data(self.answer.token(text, index, logprobs)))
 
     async def done(self, index: int, event: DoneEvent) -> None:
         if self.failed:
@@ -119,8 +119,8 @@ class ChoiceSink:
     async def queued(self, reason: HoldReason, position: int) -> None:
         """OpenAI clients have no notion of a held stream; they just wait."""
 
-    async def token(self, text: str, index: int) -> None:
-        await self.answer.token(self.index, text)
+    async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
+        await self.answer.token(self.index, text, logprobs)
 
     async def done(self, event: DoneEvent) -> None:
         await self.answer.done(self.index, event)
@@ -190,7 +190,7 @@ def completions_handler(
         records = await run_choices(
             runner, natives, collected, lambda: any(c.error_event for c in collected)
         )
-        results: list[tuple[str, FinishReason]] = []
+        results: list[openai.Outcome] = []
         for sink in collected:
             if sink.error_event is not None or sink.done_event is None:
                 event = sink.error_event or ErrorEvent(
@@ -198,7 +198,9 @@ def completions_handler(
                 )
                 message = openai.in_client_terms(event.message)
                 return error_response(event.code, message, event.retry_after_s)
-            results.append(("".join(sink.parts), sink.done_event.finish_reason))
+            results.append(
+                openai.Outcome("".join(sink.parts), sink.done_event.finish_reason, sink.logprobs)
+            )
         dones = [sink.done_event for sink in collected if sink.done_event is not None]
         usage = openai.total_usage([done.usage for done in dones], body.per_prompt)
         answer = openai.Answer(kind, f"{prefix}-{records[0].stream_id}", model, echoes=echoes)

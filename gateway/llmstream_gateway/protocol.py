@@ -25,7 +25,9 @@ from llmstream.wire import (
     GenerateFrame,
     GenerateInput,
     HoldReason,
+    Logprobs,
     QueuedEvent,
+    TokenEvent,
     describe_validation_error,
 )
 
@@ -106,14 +108,21 @@ def backend_body(request: GenerateInput) -> bytes:
     `request` is whatever the client sent, validated once on arrival: a WebSocket generate
     frame, a native `GenerateRequest`, or an OpenAI request translated to the native input.
     It is dumped once here, as the stream starts; nothing re-validates it on the way."""
-    data = request.model_dump(exclude_none=True, exclude=_GATEWAY_ONLY)
+    # Defaults are left out: the inference server reads the same model and fills them in.
+    data = request.model_dump(exclude_defaults=True, exclude=_GATEWAY_ONLY)
     data["stream"] = True
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def token_frame(stream_id: str | None, text: str, index: int) -> str:
+def token_frame(
+    stream_id: str | None, text: str, index: int, logprobs: Logprobs | None = None
+) -> str:
     """`{"type":"token","id":…,"text":…,"index":…}`. This runs once per token, so it is
-    assembled from C-encoded strings rather than `json.dumps` (about ten times faster)."""
+    assembled from C-encoded strings rather than `json.dumps` (about ten times faster); a
+    stream that asked for logprobs carries them too (`wire.TokenEvent`)."""
+    if logprobs is not None:
+        event = TokenEvent(id=stream_id, text=text, index=index, logprobs=logprobs)
+        return event.model_dump_json()
     sid = "null" if stream_id is None else encode_basestring(stream_id)
     return f'{{"type":"token","id":{sid},"text":{encode_basestring(text)},"index":{index:d}}}'
 

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from llmstream.wire import DoneEvent, ErrorCode, ErrorEvent
+from llmstream.wire import DoneEvent, ErrorCode, ErrorEvent, Logprobs
 
 MAX_EVENT_BYTES = 1 << 20
 DEFAULT_RETRY_AFTER_S = 1.0
@@ -62,8 +62,10 @@ class Token:
 
     text: str
     index: int
+    logprobs: Logprobs | None = None  # only when the request asked for them
 
 
+_LOGPROBS = TypeAdapter(Logprobs)
 BackendEvent = Token | DoneEvent | ErrorEvent
 
 
@@ -105,7 +107,10 @@ def decode_event(name: str, data: str) -> BackendEvent | None:
     try:
         if name == "token":
             raw = json.loads(data)
-            return Token(str(raw["text"]), int(raw["index"]))
+            scored = raw.get("logprobs")
+            if scored is None:
+                return Token(str(raw["text"]), int(raw["index"]))
+            return Token(str(raw["text"]), int(raw["index"]), _LOGPROBS.validate_python(scored))
         if name == "done":
             return DoneEvent.model_validate_json(data)
         if name == "error":

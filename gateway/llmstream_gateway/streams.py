@@ -25,6 +25,7 @@ from llmstream.wire import (
     ErrorEvent,
     GenerateInput,
     HoldReason,
+    Logprobs,
     Timing,
     Usage,
 )
@@ -59,8 +60,8 @@ class StreamSink(Protocol):
     async def queued(self, reason: HoldReason, position: int) -> None:
         """The stream is held (no backend ready, or all full)."""
 
-    async def token(self, text: str, index: int) -> None:
-        """One token event from the backend."""
+    async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
+        """One token event from the backend (with its tokens' logprobs when asked for)."""
 
     async def done(self, event: DoneEvent) -> None:
         """The stream finished; `event.id` is None (the sink knows the client's id)."""
@@ -267,10 +268,14 @@ class StreamRunner:
 
     @staticmethod
     async def _send_tokens(sink: StreamSink, tokens: list[Token]) -> None:
-        if len(tokens) == 1:
-            await sink.token(tokens[0].text, tokens[0].index)
+        first = tokens[0]
+        if first.logprobs is not None:  # asked for: every token event of the stream has them
+            scored = [s for t in tokens for s in t.logprobs or ()]
+            await sink.token("".join(t.text for t in tokens), first.index, scored)
+        elif len(tokens) == 1:
+            await sink.token(first.text, first.index)
         else:
-            await sink.token("".join(t.text for t in tokens), tokens[0].index)
+            await sink.token("".join(t.text for t in tokens), first.index)
 
     async def _finish(self, event: DoneEvent, sink: StreamSink, record: StreamRecord) -> None:
         now = self.clock()

@@ -23,6 +23,7 @@ from llmstream.wire import (
     GenerateFrame,
     GenerateInput,
     HoldReason,
+    Logprobs,
 )
 
 from .config import GatewayConfig
@@ -71,8 +72,8 @@ class JsonSink(_Sender):
     async def queued(self, reason: HoldReason, position: int) -> None:
         await self._send(queued_frame(self.stream_id, reason, position))
 
-    async def token(self, text: str, index: int) -> None:
-        await self._send(token_frame(self.stream_id, text, index))
+    async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
+        await self._send(token_frame(self.stream_id, text, index, logprobs))
 
     async def done(self, event: DoneEvent) -> None:
         await self._send(done_frame(event.model_copy(update={"id": self.stream_id})))
@@ -91,7 +92,7 @@ class PlainSink(_Sender):
     async def queued(self, reason: HoldReason, position: int) -> None:
         await self._send(f"[queued: {reason}, position {position}]")
 
-    async def token(self, text: str, index: int) -> None:
+    async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
         await self._send(text)
 
     async def done(self, event: DoneEvent) -> None:

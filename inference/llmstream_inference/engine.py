@@ -313,7 +313,7 @@ class Engine:
         except Exception as exc:
             self._fail_one(seq, exc)
             return
-        if not self._accept(seq, token):
+        if not self._accept(seq, token, logits):
             self._batch.add_row(rows)
             self._running.append(seq)
 
@@ -328,10 +328,10 @@ class Engine:
         picked = pick_batch(logits, [s.sampler for s in batch], [s.history for s in batch])
         ended: list[Sequence] = []
         failed: list[tuple[Sequence, Exception]] = []
-        for seq, token in zip(batch, picked, strict=True):
+        for row, (seq, token) in enumerate(zip(batch, picked, strict=True)):
             if isinstance(token, Exception):
                 failed.append((seq, token))
-            elif self._accept(seq, token):
+            elif self._accept(seq, token, logits[row]):
                 ended.append(seq)
         for seq in ended:
             self._remove_running(seq)
@@ -341,10 +341,12 @@ class Engine:
         self._step_seconds = 0.8 * self._step_seconds + 0.2 * elapsed
         self.observer.on_step(len(picked), elapsed)
 
-    def _accept(self, seq: Sequence, token: int) -> bool:
-        """Hand a sampled token to the output processor; True when that ended the sequence."""
+    def _accept(self, seq: Sequence, token: int, logits: torch.Tensor) -> bool:
+        """Hand a sampled token (and its score, if asked for, from its `logits` row) to the
+        output processor; True when that ended the sequence."""
         seq.history.append(token)
-        self._post(seq, self.output.accept(seq.output, token, time.monotonic()))
+        score = seq.sampler.score(logits, token)
+        self._post(seq, self.output.accept(seq.output, token, time.monotonic(), score))
         if seq.output.finished:
             self._release(seq)
         return seq.output.finished

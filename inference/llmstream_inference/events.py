@@ -9,15 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from llmstream.wire import FinishReason
+from llmstream.wire import FinishReason, TokenLogprob
 
 
 @dataclass(frozen=True)
 class TokenDelta:
-    """New text of one sequence (may hold several tokens when they were held back)."""
+    """New text of one sequence (may hold several tokens when they were held back), with each
+    of those tokens' log-probabilities when the request asked for them."""
 
     text: str
     index: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

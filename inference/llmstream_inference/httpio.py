@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from llmstream import jsonin
-from llmstream.wire import ErrorCode, body_timeout_message
+from llmstream.wire import ErrorCode, TokenLogprob, body_timeout_message
 
 from .engine import Failed, Finished, Stream, TokenDelta
 from .errors import ApiError, invalid
@@ -137,14 +138,26 @@ async def until_disconnected(request: Request, work: Awaitable[Any], *streams: S
     return task.result()
 
 
-async def collect(stream: Stream) -> tuple[str, Finished]:
-    """Run a stream to the end; its text and the final event (Failed -> ApiError 500)."""
+@dataclass(frozen=True)
+class Collected:
+    """A whole answer: its text, how it ended, and its tokens' log-probabilities if asked."""
+
+    text: str
+    done: Finished
+    logprobs: list[TokenLogprob] | None
+
+
+async def collect(stream: Stream) -> Collected:
+    """Run a stream to the end (Failed -> ApiError 500)."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] | None = None
     async for event in stream:
         if isinstance(event, TokenDelta):
             parts.append(event.text)
+            if event.logprobs is not None:
+                logprobs = [*(logprobs or []), *event.logprobs]
         elif isinstance(event, Finished):
-            return "".join(parts), event
+            return Collected("".join(parts), event, logprobs)
         elif isinstance(event, Failed):
             raise ApiError(500, ErrorCode.INTERNAL, event.message)
     raise ApiError(500, ErrorCode.INTERNAL, "the stream ended without a result")

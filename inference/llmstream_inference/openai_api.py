@@ -21,7 +21,7 @@ from llmstream.wire import ErrorCode, GenerateInput, Usage
 
 from .engine import Event, Failed, Finished, Stream, TokenDelta
 from .errors import ApiError, invalid
-from .httpio import collect, parse_body, sse, until_disconnected
+from .httpio import Collected, collect, parse_body, sse, until_disconnected
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -98,7 +98,7 @@ async def _openai_stream(
             yield _chunk(chunk)
         async for index, event in _merged(streams):
             if isinstance(event, TokenDelta):
-                yield _chunk(answer.token(event.text, index))
+                yield _chunk(answer.token(event.text, index, event.logprobs))
             elif isinstance(event, Finished):
                 counts[index] = _usage(event)
                 yield _chunk(answer.finish(event.reason, index))
@@ -152,8 +152,10 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         finally:
             for stream in streams:
                 stream.cancel()
-        counts = openai.total_usage([_usage(done) for _, done in results], body.per_prompt)
-        return JSONResponse(answer.result([(text, done.reason) for text, done in results], counts))
+        answers: list[Collected] = results
+        counts = openai.total_usage([_usage(a.done) for a in answers], body.per_prompt)
+        outcomes = [openai.Outcome(a.text, a.done.reason, a.logprobs) for a in answers]
+        return JSONResponse(answer.result(outcomes, counts))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:

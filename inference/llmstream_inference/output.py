@@ -7,13 +7,13 @@ It knows nothing of tensors, batches or threads; the caller passes the time in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from llmstream.wire import FinishReason
+from llmstream.wire import FinishReason, TokenLogprob, TopLogprob
 
 from .detok import Decoder, IncrementalDetokenizer, StopMatcher
 from .events import EngineObserver, Event, Finished, TokenDelta
-from .sampling import ResolvedSampling
+from .sampling import ResolvedSampling, TokenScore
 
 
 @dataclass(eq=False)
@@ -30,6 +30,9 @@ class RequestOutput:
     first_token_at: float | None = None
     last_token_at: float | None = None
     finished: bool = False
+    # Scored tokens whose text has not gone out yet (held back by the detokenizer or a
+    # possible stop string); they ride with the next text.
+    scored: list[TokenLogprob] = field(default_factory=list)
 
 
 class OutputProcessor:
@@ -54,9 +57,14 @@ class OutputProcessor:
             arrived=arrived,
         )
 
-    def accept(self, out: RequestOutput, token: int, now: float) -> list[Event]:
-        """Record `token`, sampled at `now`; the events it produces, ending in `Finished` (and
-        `out.finished` set) when it ends the sequence."""
+    def accept(
+        self, out: RequestOutput, token: int, now: float, score: TokenScore | None = None
+    ) -> list[Event]:
+        """Record `token`, sampled at `now` (with its `score` when logprobs were asked for);
+        the events it produces, ending in `Finished` (and `out.finished` set) when it ends the
+        sequence."""
+        if score is not None:
+            out.scored.append(self._logprob(token, score))
         if out.first_token_at is None:
             out.first_token_at = now
             self._observer.on_first_token(now - out.arrived)
@@ -85,9 +93,19 @@ class OutputProcessor:
     def _end(self, out: RequestOutput, text: str, reason: FinishReason, now: float) -> list[Event]:
         return [*self._text(out, text), self.finish(out, reason, now)]
 
+    def _logprob(self, token: int, score: TokenScore) -> TokenLogprob:
+        def text(token: int) -> str:
+            return self._tokenizer.decode([token], skip_special_tokens=False)
+
+        top = [TopLogprob(token=text(t), logprob=lp) for t, lp in score.top]
+        return TokenLogprob(token=text(token), logprob=score.logprob, top=top)
+
     @staticmethod
     def _text(out: RequestOutput, text: str) -> list[Event]:
         if not text:
             return []
         out.chunks += 1
-        return [TokenDelta(text, out.chunks - 1)]
+        if not out.scored:
+            return [TokenDelta(text, out.chunks - 1)]
+        scored, out.scored = tuple(out.scored), []
+        return [TokenDelta(text, out.chunks - 1, scored)]

@@ -59,6 +59,7 @@ class ResolvedSampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # alternatives per token's log-probability; None: not asked
 
     @property
     def adjusts_logits(self) -> bool:
@@ -107,7 +108,16 @@ def resolve(params: SamplingParams, defaults: Defaults) -> ResolvedSampling:
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
         logit_bias=tuple((int(k), v) for k, v in (params.logit_bias or {}).items()),
+        logprobs=params.logprobs,
     )
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """A sampled token's log-probability under the model, and the `top` most likely tokens."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...]
 
 
 class Sampler:
@@ -156,6 +166,19 @@ class Sampler:
         if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0.0:
             return limit_pick(scores, logits)
         return int(torch.multinomial(probs, 1, generator=self._generator).item())
+
+    def score(self, logits: torch.Tensor, token: int) -> TokenScore | None:
+        """`token`'s log-probability in the model's own distribution (before temperature and
+        the other adjustments, as vLLM reports them), when the request asked for them."""
+        wanted = self.sampling.logprobs
+        if wanted is None:
+            return None
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        if not wanted:
+            return TokenScore(float(logprobs[token]), ())
+        top = logprobs.topk(wanted)
+        pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        return TokenScore(float(logprobs[token]), tuple(pairs))
 
     def _adjust(self, scores: torch.Tensor, output: list[int]) -> torch.Tensor:
         """OpenAI's logit bias and penalties, then the EOS hold (as vLLM orders them)."""

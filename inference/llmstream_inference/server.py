@@ -287,15 +287,18 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text, done = await until_disconnected(request, collect(stream), stream)
+        answer = await until_disconnected(request, collect(stream), stream)
         result = GenerateResult(
             id=request_id,
-            text=prefix + text,
-            finish_reason=done.reason,
-            usage=usage(done),
-            timing=timing(done),
+            text=prefix + answer.text,
+            finish_reason=answer.done.reason,
+            usage=usage(answer.done),
+            timing=timing(answer.done),
+            logprobs=answer.logprobs,
         )
-        return JSONResponse(result.model_dump())
+        return JSONResponse(
+            result.model_dump(exclude={"logprobs"} if answer.logprobs is None else None)
+        )
 
     add_openai_routes(app, state)
     return app
@@ -318,7 +321,13 @@ async def _native_events(stream: Stream, request_id: str, prefix: str) -> AsyncI
             index_shift = 1
         async for event in stream:
             if isinstance(event, TokenDelta):
-                token = TokenEvent(id=request_id, text=event.text, index=event.index + index_shift)
+                logprobs = None if event.logprobs is None else list(event.logprobs)
+                token = TokenEvent(
+                    id=request_id,
+                    text=event.text,
+                    index=event.index + index_shift,
+                    logprobs=logprobs,
+                )
                 yield sse("token", token)
             elif isinstance(event, Finished):
                 done = DoneEvent(

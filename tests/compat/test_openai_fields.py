@@ -94,6 +94,45 @@ def streamed_choices(count: int) -> Check:
     return check
 
 
+def chat_logprobs(alternatives: int) -> Check:
+    def check(answer: dict[str, Any]) -> None:
+        content = answer["choices"][0]["logprobs"]["content"]
+        assert "".join(e["token"] for e in content) == answer["choices"][0]["message"]["content"]
+        for entry in content:
+            assert len(entry["top_logprobs"]) == alternatives
+            assert entry["bytes"] == list(entry["token"].encode())
+            # greedy: the chosen token is the most likely one
+            assert entry["logprob"] == pytest.approx(entry["top_logprobs"][0]["logprob"])
+            assert entry["logprob"] <= 0
+
+    return check
+
+
+def streamed_logprobs(answer: dict[str, Any]) -> None:
+    texts, tokens = [], []
+    for chunk in answer["chunks"]:
+        for choice in chunk["choices"]:
+            texts.append(choice["delta"].get("content", ""))
+            if choice["logprobs"] is not None:
+                tokens += [e["token"] for e in choice["logprobs"]["content"]]
+    assert tokens
+    assert "".join(tokens) == "".join(texts)
+
+
+def legacy_logprobs(alternatives: int, offset: int) -> Check:
+    def check(answer: dict[str, Any]) -> None:
+        logprobs = answer["choices"][0]["logprobs"]
+        assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) > 0
+        assert all(len(top) <= alternatives for top in logprobs["top_logprobs"])
+        assert logprobs["text_offset"][0] == offset
+        ends = [
+            o + len(t) for o, t in zip(logprobs["text_offset"], logprobs["tokens"], strict=True)
+        ]
+        assert logprobs["text_offset"][1:] == ends[:-1]
+
+    return check
+
+
 def any_answer(answer: dict[str, Any]) -> None:
     assert answer["choices"], answer
 
@@ -167,8 +206,16 @@ ROWS = {
     "n over the limit": Row("/v1/chat/completions", chat(n=9), 400, names="n"),
     "choices over the limit": Row("/v1/completions", completion(prompt=["a", "b", "c"], n=3),
                                   400, names="choices"),
-    "logprobs": Row("/v1/chat/completions", chat(logprobs=True, top_logprobs=2), 400,
-                    names="logprobs"),
+    "logprobs": Row("/v1/chat/completions", chat(logprobs=True, top_logprobs=2), 200,
+                    chat_logprobs(2)),
+    "logprobs streamed": Row("/v1/chat/completions", chat(logprobs=True, stream=True), 200,
+                             streamed_logprobs),
+    "legacy logprobs": Row("/v1/completions", completion(logprobs=3, echo=True), 200,
+                           legacy_logprobs(3, offset=len("Once upon"))),
+    "top_logprobs without logprobs": Row("/v1/chat/completions", chat(top_logprobs=2), 400,
+                                         names="top_logprobs"),
+    "legacy logprobs over 5": Row("/v1/completions", completion(logprobs=6), 400,
+                                  names="logprobs"),
     "tools": Row("/v1/chat/completions", chat(tools=[{"type": "function"}]), 400, names="tools"),
     "image part": Row("/v1/chat/completions", chat(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:,"}}]}]), 400, names="messages"),
@@ -208,6 +255,7 @@ def test_each_field_has_the_same_outcome_at_both_servers(both: Both, case: str) 
         assert direct["error"]["code"] == relayed["error"]["code"]
     elif row.greedy and "chunks" not in direct:
         assert text_of(direct) == text_of(relayed)
+        assert direct["choices"][0]["logprobs"] == relayed["choices"][0]["logprobs"]
 
 
 @pytest.mark.parametrize("server", ["inference", "gateway"])

@@ -13,7 +13,16 @@ from llmstream_gateway.protocol import token_frame
 from llmstream_gateway.relay import SseParser, Token, decode_event
 from llmstream_inference.httpio import sse
 
-from llmstream.wire import DoneEvent, ErrorCode, ErrorEvent, Timing, TokenEvent, Usage
+from llmstream.wire import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    Timing,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 
 WIRE = settings(max_examples=300, deadline=None, database=None, derandomize=True)
 # Any text a detokenizer can emit: every code point but lone surrogates (not UTF-8).
@@ -38,6 +47,34 @@ def test_a_token_survives_the_inference_encoder_and_the_gateway_decoder(
     [token] = relayed(encoded, cut)
     assert isinstance(token, Token)
     assert (token.text, token.index) == (text, index)
+
+
+logprob_values = st.floats(max_value=0, allow_nan=False, allow_infinity=False)
+scored = st.lists(
+    st.builds(
+        TokenLogprob,
+        token=texts,
+        logprob=logprob_values,
+        top=st.lists(st.builds(TopLogprob, token=texts, logprob=logprob_values), max_size=3),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@WIRE
+@given(texts, st.integers(min_value=0, max_value=2**31), ids, scored, st.integers(min_value=0))
+def test_logprobs_survive_the_encoder_the_decoder_and_the_client_frame(
+    text: str, index: int, stream_id: str | None, logprobs: list[TokenLogprob], cut: int
+) -> None:
+    encoded = sse("token", TokenEvent(id=stream_id, text=text, index=index, logprobs=logprobs))
+    [token] = relayed(encoded, cut)
+    assert isinstance(token, Token)
+    assert (token.text, token.index, token.logprobs) == (text, index, logprobs)
+    frame = token_frame(stream_id, text, index, logprobs)
+    assert TokenEvent.model_validate_json(frame) == TokenEvent(
+        id=stream_id, text=text, index=index, logprobs=logprobs
+    )
 
 
 @WIRE

@@ -25,7 +25,14 @@ from llmstream_gateway.protocol import (
 )
 from llmstream_gateway.relay import SseParser, Token, decode_event, parse_retry_after
 
-from llmstream.wire import CancelFrame, ChatMessage, ErrorCode, GenerateFrame, GenerateRequest
+from llmstream.wire import (
+    CancelFrame,
+    ChatMessage,
+    ErrorCode,
+    GenerateFrame,
+    GenerateRequest,
+    SamplingParams,
+)
 
 # --- frames ---------------------------------------------------------------------------------
 
@@ -57,22 +64,24 @@ def test_backend_body_always_streams_and_leaves_unset_params_to_the_server():
     frame = parse_client_frame('{"type":"generate","id":"a","prompt":"hi"}')
     assert isinstance(frame, GenerateFrame)
     body = json.loads(backend_body(frame))
-    assert body["stream"] is True
-    assert "temperature" not in body["params"]
-    assert "id" not in body
-    assert "type" not in body
+    assert body == {"prompt": "hi", "stream": True}  # no id/type, and no params: all default
     # What the inference server reads is the same request the client sent.
     assert GenerateRequest.model_validate(body) == GenerateRequest(prompt="hi", stream=True)
 
 
 def test_backend_body_streams_a_non_streaming_native_request():
-    request = GenerateRequest(messages=[ChatMessage(role="user", content="hi")], stream=False)
+    request = GenerateRequest(
+        messages=[ChatMessage(role="user", content="hi")],
+        params=SamplingParams(max_new_tokens=3, ignore_eos=True),
+        stream=False,
+    )
     body = json.loads(backend_body(request))
     assert body == {
         "messages": [{"role": "user", "content": "hi"}],
-        "params": {"top_k": 0, "repetition_penalty": 1.0, "stop": [], "return_full_text": False},
+        "params": {"max_new_tokens": 3, "ignore_eos": True},
         "stream": True,
     }
+    assert GenerateRequest.model_validate(body) == request.model_copy(update={"stream": True})
 
 
 def test_token_frame_is_compact_json_with_unicode_kept():

@@ -108,6 +108,8 @@ def test_sdk_sees_a_bad_parameter_as_a_400_class_error(client: openai.OpenAI) ->
 def test_unsupported_openai_options_are_refused_by_name(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "x"}], logprobs=True
+            model="tiny",
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{"type": "function", "function": {"name": "f"}}],
         )
-    assert "logprobs" in str(info.value)
+    assert "tools" in str(info.value)

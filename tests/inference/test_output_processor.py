@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from llmstream_inference.engine import Event, Finished, TokenDelta
 from llmstream_inference.output import OutputProcessor, RequestOutput
-from llmstream_inference.sampling import Defaults, resolve
+from llmstream_inference.sampling import Defaults, TokenScore, resolve
 
-from llmstream.wire import SamplingParams
+from llmstream.wire import SamplingParams, TokenLogprob, TopLogprob
 
 EOS = 0
 PIECES = {
@@ -170,3 +170,30 @@ def test_finishing_midstream_counts_the_tokens_so_far(processor: OutputProcessor
     out = start(processor)
     feed(processor, out, [1, 2])
     assert processor.finish(out, "cancelled", ARRIVED + 5) == Finished("cancelled", 2, 2, 1.0, 5.0)
+
+
+def test_scored_tokens_ride_with_the_text_they_made(processor: OutputProcessor) -> None:
+    out = start(processor)
+    scores = [TokenScore(-0.5, ((5, -0.5), (1, -2.0))), TokenScore(-0.1, ()), TokenScore(-1.0, ())]
+    events = [processor.accept(out, t, ARRIVED + 1 + i, s)
+              for i, (t, s) in enumerate(zip([5, 6, 7], scores, strict=True))]  # fmt: skip
+    # The euro sign's first byte made no text: its score waits for the second one.
+    assert events[0] == []
+    [euro] = events[1]
+    assert isinstance(euro, TokenDelta)
+    assert euro.text == "€"
+    assert euro.logprobs == (
+        TokenLogprob(token="\ufffd", logprob=-0.5, top=[
+            TopLogprob(token="\ufffd", logprob=-0.5), TopLogprob(token="Hel", logprob=-2.0)]),
+        TokenLogprob(token="\ufffd", logprob=-0.1),
+    )  # fmt: skip
+    [bang] = events[2]
+    assert isinstance(bang, TokenDelta)
+    assert bang.logprobs == (TokenLogprob(token="!", logprob=-1.0),)
+
+
+def test_without_scores_a_delta_carries_no_logprobs(processor: OutputProcessor) -> None:
+    out = start(processor)
+    [[delta]] = feed(processor, out, [1])
+    assert isinstance(delta, TokenDelta)
+    assert delta.logprobs is None
