@@ -19,6 +19,8 @@ from llmstream.wire import ErrorCode, TokenLogprob, body_timeout_message
 from .engine import Failed, Finished, Stream, TokenDelta
 from .errors import ApiError, invalid
 
+# Probes and scrapers may ask with HEAD first (aiperf does, for /metrics).
+GET_AND_HEAD = ["GET", "HEAD"]
 M = TypeVar("M", bound=BaseModel)
 
 

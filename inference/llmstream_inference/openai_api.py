@@ -21,7 +21,7 @@ from llmstream.wire import ErrorCode, GenerateInput, Usage
 
 from .engine import Event, Failed, Finished, Stream, TokenDelta
 from .errors import ApiError, invalid
-from .httpio import Collected, collect, parse_body, sse, until_disconnected
+from .httpio import GET_AND_HEAD, Collected, collect, parse_body, sse, until_disconnected
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -120,7 +120,7 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
     names = state.config.served_names
     created = int(time.time())
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=GET_AND_HEAD)
     async def models() -> JSONResponse:
         return JSONResponse(openai.model_list(names, created))
 

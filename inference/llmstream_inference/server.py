@@ -48,7 +48,14 @@ from .engine import (
     TokenDelta,
 )
 from .errors import ApiError
-from .httpio import collect, parse_body, sse, until_disconnected, with_heartbeats
+from .httpio import (
+    GET_AND_HEAD,
+    collect,
+    parse_body,
+    sse,
+    until_disconnected,
+    with_heartbeats,
+)
 from .metrics import InferenceMetrics
 from .openai_api import add_openai_routes
 from .prompts import PromptBuilder
@@ -248,14 +255,14 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
         )
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=GET_AND_HEAD)
     async def healthz() -> JSONResponse:
         if state.load_error is not None:
             return JSONResponse({"status": "failed", "error": state.load_error}, status_code=500)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
-    @app.get("/health")  # vLLM's name (200 once it serves), which guidellm probes
+    @app.api_route("/readyz", methods=GET_AND_HEAD)
+    @app.api_route("/health", methods=GET_AND_HEAD)  # vLLM's name, which guidellm probes
     async def readyz() -> JSONResponse:
         engine = state.engine
         if state.ready and engine is not None and not engine.draining:
@@ -265,7 +272,7 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
         reason = state.load_error or ("draining" if engine and engine.draining else "loading")
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=GET_AND_HEAD)
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

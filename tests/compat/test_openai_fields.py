@@ -272,4 +272,6 @@ def test_the_sdk_raises_its_error_class_for_each_refusal(both: Both, server: str
     assert client.models.retrieve("tiny").id == "tiny"
     assert [m.id for m in client.models.list().data] == ["tiny", "tiny-alias"]
     assert httpx.get(both.urls()[server] + "/health", timeout=10).status_code == 200
+    for path in ("/health", "/metrics", "/v1/models"):  # aiperf asks HEAD /metrics first
+        assert httpx.head(both.urls()[server] + path, timeout=10).status_code == 200, path
     client.close()
