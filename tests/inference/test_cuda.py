@@ -17,6 +17,7 @@ from llmstream_inference.engine import Engine, EngineConfig, Finished, TokenDelt
 from llmstream_inference.runner import ModelRunner, RunnerConfig
 from llmstream_inference.sampling import Defaults, resolve
 
+from benchmarks.inference import PROMPTS as BENCH_PROMPTS
 from llmstream.wire import SamplingParams
 
 pytestmark = [
@@ -24,16 +25,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
 ]
 
-PROMPTS = [
-    "Write a detailed essay about the history of computers.",
-    "Explain in depth how a car engine works.",
-    "Describe the water cycle in detail for a student.",
-    "Tell me a long story about a dragon and a knight.",
-    "Explain how the internet works, step by step.",
-    "Describe the solar system and each of its planets.",
-    "Write a long letter to a friend about your summer holiday.",
-    "Explain photosynthesis in detail.",
-]
+PROMPTS = BENCH_PROMPTS[:8]
 NEW_TOKENS = 32
 
 
