@@ -1,4 +1,4 @@
-"""The OpenAI layer both servers share (llmstream/openai.py), without a server."""
+"""The OpenAI layer both servers share (llmstream/openai/), without a server."""
 
 from __future__ import annotations
 
