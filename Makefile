@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install demo test test-fast lint fmt clean tools model bench bench-inference bench-gateway gpu-check
 .PHONY: bench-peers
+.PHONY: bench-protocols
 .PHONY: cluster-bin cluster-bin-for-tests cluster-up
 .PHONY: images image-base helm-lint chart-sync e2e
 
@@ -74,6 +75,9 @@ bench-gateway: install ## gateway vs raw websockets relay vs direct: added laten
 bench-peers: install model ## guidellm, inference-perf, aiperf (pinned, cached envs) vs gateway and direct
 	@$(PY) -m tools.peers install
 	@$(VENV)/bin/python -m benchmarks.peers --out bench-results
+
+bench-protocols: install model ## WebSocket vs SSE vs REST through the gateway at 1, 8, 32 clients (latency, client CPU per token)
+	@HF_HUB_OFFLINE=1 $(VENV)/bin/python -m benchmarks.protocols --out bench-results
 
 gpu-check: install ## on a GPU machine: the CUDA tests + bench-inference in bfloat16 (offline, < 8 min); needs `make model` first
 	@scripts/gpu-check.sh
