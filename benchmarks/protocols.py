@@ -32,16 +32,16 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks.stack import Stack, cpu_seconds
 
 PROTOCOLS = ("ws", "sse", "rest")
 LEVELS = (1, 8, 32)
@@ -59,8 +59,6 @@ REQUEST_TIMEOUT_S = 300.0
 # A whole client run: N clients x requests at the slowest rate seen here (~10 tokens/s each
 # when 32 streams share 2 cores), with a wide margin; a run past it is a failure, not a hang.
 RUN_TIMEOUT_S = 600.0
-MODEL_READY_S = 300.0
-GATEWAY_READY_S = 60.0
 
 
 # --- the load-generating client (its own process) ---------------------------------------
@@ -241,101 +239,6 @@ def run_client(protocol: str, base: str, clients: int, requests: int, tokens: in
 # --- the servers under test -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=2) as answer:
-        return json.loads(answer.read())
-
-
-def _any_answer(body: Any) -> bool:
-    return True
-
-
-def _backend_ready(body: Any) -> bool:
-    return bool(body.get("backends_ready"))
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Stack:
-    """`llmstream inference serve` on the model + `llmstream gateway serve` in front of it."""
-
-    def __init__(self, model: str, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.children: list[subprocess.Popen[bytes]] = []
-        inference_port, gateway_port = _free_port(), _free_port()
-        self.inference_url = f"http://127.0.0.1:{inference_port}"
-        self.gateway_url = f"http://127.0.0.1:{gateway_port}"
-        # As `llmstream up`: no stray LLMSTREAM_* setting changes the servers; offline.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSTREAM_")}
-        if "LLMSTREAM_HOME" in os.environ:
-            self.env["LLMSTREAM_HOME"] = os.environ["LLMSTREAM_HOME"]
-        self.env["HF_HUB_OFFLINE"] = "1"
-        self.inference = self._spawn(
-            "inference", "inference", "serve", "--model", model,
-            "--host", "127.0.0.1", "--port", str(inference_port),
-        )  # fmt: skip
-        self.gateway = self._spawn(
-            "gateway", "gateway", "serve",
-            "--host", "127.0.0.1", "--port", str(gateway_port),
-            "--backend", self.inference_url,
-        )  # fmt: skip
-
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("wb")
-        child = subprocess.Popen(
-            [sys.executable, "-m", "llmstream", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
-        self.children.append(child)
-        return child
-
-    def wait_ready(self) -> None:
-        """Until the model serves and the gateway has seen it ready."""
-        self._wait(self.inference, f"{self.inference_url}/readyz", _any_answer, MODEL_READY_S)
-        self._wait(self.gateway, f"{self.gateway_url}/readyz", _backend_ready, GATEWAY_READY_S)
-
-    def _wait(
-        self,
-        child: subprocess.Popen[bytes],
-        url: str,
-        ready: Callable[[Any], bool],
-        within_s: float,
-    ) -> None:
-        deadline = time.monotonic() + within_s
-        while child.poll() is None:
-            try:
-                if ready(_get_json(url)):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} not ready within {within_s:.0f} s; see {self.log_dir}")
-            time.sleep(0.3)
-        raise RuntimeError(f"{url} exited early; see the logs in {self.log_dir}")
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in self.children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-
-
 # --- orchestration ----------------------------------------------------------------------
 
 
@@ -372,9 +275,9 @@ def measure(
         "--url", stack.gateway_url, "--clients", str(clients), "--requests", str(requests),
         "--tokens", str(tokens),
     ]  # fmt: skip
-    gateway_cpu = _cpu_seconds(stack.gateway.pid)
+    gateway_cpu = cpu_seconds(stack.gateway.pid)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    gateway_cpu = _cpu_seconds(stack.gateway.pid) - gateway_cpu
+    gateway_cpu = cpu_seconds(stack.gateway.pid) - gateway_cpu
     if done.returncode != 0:
         raise RuntimeError(f"the {protocol} client failed:\n{done.stderr[-3000:]}")
     raw = json.loads(done.stdout.strip().splitlines()[-1])
@@ -518,7 +421,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     logs.mkdir(exist_ok=True)
     model = args.model or str(pull_default())
     began = time.monotonic()
-    stack = Stack(model, logs)
+    stack = Stack(logs, model)
     runs: list[Run] = []
     try:
         stack.wait_ready()

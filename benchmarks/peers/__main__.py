@@ -117,7 +117,7 @@ async def _runs(
 def run_benchmark(args: argparse.Namespace) -> int:
     started = time.monotonic()
     deadline = started + args.budget - RESERVE_S
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     work = out / "peers"
     work.mkdir(parents=True, exist_ok=True)
     load = Workload(args.requests, args.concurrency, args.prompt_tokens, args.output_tokens,
@@ -198,14 +198,14 @@ def run_capture(args: argparse.Namespace) -> int:
     tokenizer = _tokenizer_dir()
     # The inference server names the default model after its folder.
     model = args.model or tokenizer.name
-    work = Path(args.out) / "peers"
+    work = Path(args.out).resolve() / "peers"
     capture.capture(args.tools, model, tokenizer, work, Path(args.into))
     return 0
 
 
 def run_replay(args: argparse.Namespace) -> int:
     """Only the replay: start the servers, send each captured shape, list the refusals."""
-    out = Path(args.out) / "peers"
+    out = Path(args.out).resolve() / "peers"
     out.mkdir(parents=True, exist_ok=True)
     stack = Stack(out, _tokenizer_dir())
     replays: dict[str, Any] = {}

@@ -78,7 +78,8 @@ async def run_tool(
     endpoint: Endpoint | None = None,
     timeout_s: float,
 ) -> RunResult:
-    """Run `spec` against `target` with `load`; its files and log go under `out` (emptied)."""
+    """Run `spec` against `target` with `load`; its files and log go under `out` (emptied;
+    an absolute path: the tool runs in it, so a relative one would point inside itself)."""
     endpoint = endpoint or spec.endpoint
     log = _fresh(out)
     argv = spec.command(exe, target, load, out, endpoint)
