@@ -418,7 +418,8 @@ def native_body(tokens: int) -> dict[str, Any]:
 
 
 def chat_body(tokens: int) -> dict[str, Any]:
-    return {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens}
+    # No `model`: whichever the gateway serves (a name it does not serve is a 404).
+    return {"messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens}
 
 
 @dataclass

@@ -45,7 +45,7 @@ def native_body(tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
 
 def chat_body(tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
     messages = [{"role": "user", "content": PROMPT}]
-    return {"model": "tiny", "messages": messages, "max_tokens": tokens, "temperature": 0}
+    return {"messages": messages, "max_tokens": tokens, "temperature": 0}
 
 
 # Started one at a time: each pair splits over the two servers (the second of a pair goes to
