@@ -63,7 +63,7 @@ def test_api_server_fills_in_the_schema_defaults(
     created = create(api, namespace, endpoint("qa", {"model": {"source": SOURCE}}))
     assert created.status_code == 201, created.text
     spec = created.json()["spec"]
-    assert spec["model"] == {"source": SOURCE, "dtype": "auto"}
+    assert spec["model"] == {"source": SOURCE, "dtype": "auto", "aliases": []}
     assert spec["engine"]["maxBatchSize"] == 16
     assert spec["engine"]["defaults"] == {"maxNewTokens": 256, "temperature": 0.7, "topP": 0.95}
     assert spec["resources"]["gpus"] == 1
