@@ -189,7 +189,8 @@ class CollectSink:
     async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
         self.parts.append(text)
         if logprobs is not None:
-            self.logprobs = [*(self.logprobs or []), *logprobs]
+            self.logprobs = self.logprobs or []
+            self.logprobs.extend(logprobs)
 
     async def done(self, event: DoneEvent) -> None:
         self.done_event = event

@@ -157,7 +157,8 @@ async def collect(stream: Stream) -> Collected:
         if isinstance(event, TokenDelta):
             parts.append(event.text)
             if event.logprobs is not None:
-                logprobs = [*(logprobs or []), *event.logprobs]
+                logprobs = logprobs or []
+                logprobs.extend(event.logprobs)
         elif isinstance(event, Finished):
             return Collected("".join(parts), event, logprobs)
         elif isinstance(event, Failed):
