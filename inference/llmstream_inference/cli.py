@@ -131,6 +131,14 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds an idle keep-alive HTTP connection stays open",
     )
     add_env_argument(p, "--log-level", default="info", help="debug | info | warning")
+    add_env_argument(
+        p,
+        "--exit-on-load-failure",
+        type=parse_bool,
+        default=False,
+        help="exit (status 1) when the model cannot be loaded, instead of answering 503 "
+        "(in pods: the kubelet restarts it and the operator shows why)",
+    )
 
 
 def _check_limits(args: argparse.Namespace) -> str | None:
@@ -168,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from llmstream import termination
     from llmstream.modelsource import ModelSourceError, parse_source, served_name
 
     from .engine import EngineConfig
@@ -194,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
             folder = resolve_source(source, allow_download=args.allow_download)
     except (ModelSourceError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        termination.report(termination.MODEL_LOAD_FAILED, str(exc))
         return 2
     name = args.model_name or served_name(source)
     config = ServerConfig(
@@ -209,6 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         max_body_bytes=args.max_body_bytes,
         body_timeout_s=args.body_timeout,
+        exit_on_load_failure=args.exit_on_load_failure,
         defaults=Defaults(
             max_new_tokens=args.default_max_new_tokens,
             temperature=args.default_temperature,

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmstream import termination
 from llmstream.wire import (
     BODY_TIMEOUT_S,
     MAX_BODY_BYTES,
@@ -80,6 +82,9 @@ class ServerConfig:
     sse_heartbeat_s: float = SSE_HEARTBEAT_S
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout_s: float = BODY_TIMEOUT_S
+    # A model that cannot load ends the process (exit 1) with a termination message, instead
+    # of a server that answers 503 until its startup probe gives up (minutes in a pod).
+    exit_on_load_failure: bool = False
 
     @property
     def served_names(self) -> list[str]:
@@ -311,12 +316,21 @@ def create_app(config: ServerConfig, *, load_in_background: bool = True) -> Fast
     return app
 
 
+EXIT_LOAD_FAILED = 1
+
+
 def _load_or_record(state: ServerState) -> None:
     try:
         state.load()
     except Exception as exc:
         log.exception("model load failed")
         state.load_error = f"{type(exc).__name__}: {exc}"
+        if state.config.exit_on_load_failure:
+            termination.report(termination.MODEL_LOAD_FAILED, state.load_error)
+            logging.shutdown()
+            # Nothing is being served yet (no model), so there is nothing to drain: end now,
+            # from this loader thread, rather than wait for the event loop.
+            os._exit(EXIT_LOAD_FAILED)
 
 
 async def _native_events(stream: Stream, request_id: str, prefix: str) -> AsyncIterator[bytes]:

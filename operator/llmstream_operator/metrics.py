@@ -42,12 +42,20 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
+        self.blocked = Gauge(
+            "llmstream_operator_endpoint_blocked",
+            "1 while a pod of the endpoint is blocked (status.reason says why), else 0.",
+            ENDPOINT_LABELS,
+            registry=self.registry,
+        )
+
     def forget(self, namespace: str, endpoint: str) -> None:
         """Drop the series of a deleted endpoint (the per-endpoint ones; counters stay)."""
-        try:
-            self.desired_replicas.remove(namespace, endpoint)
-        except KeyError:
-            return
+        for gauge in (self.desired_replicas, self.blocked):
+            try:
+                gauge.remove(namespace, endpoint)
+            except KeyError:
+                continue
 
     def exposition(self) -> bytes:
         """The text exposition of every metric."""

@@ -58,6 +58,7 @@ class EndpointState:
     wake_seen: float | None = None  # the wake Lease renewTime last acted upon
     wake_recorded: float | None = None  # the wake whose latency is already measured
     failure: str | None = None  # a permanent apply error shown in status until fixed
+    blocker_seen: tuple[str, str] | None = None  # (reason, pod) of the last blocker reported
 
     def record(self, sample: LoadSample | None, scaling: ScalingSpec, now: float) -> None:
         """Keep a fresh sample and forget the ones no decision needs any more."""

@@ -16,9 +16,10 @@ from pydantic.alias_generators import to_camel
 from llmstream.timefmt import rfc3339
 
 from . import names
+from .podhealth import Blocker
 
 Phase = Literal["Pending", "Progressing", "Ready", "ScaledToZero", "Degraded", "Failed"]
-ConditionType = Literal["Ready", "ModelAvailable", "ScaledToZero"]
+ConditionType = Literal["Ready", "ModelAvailable", "ScaledToZero", "PodsHealthy"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -40,6 +41,7 @@ class EndpointStatus(_Status):
     """`status` of an LLMEndpoint (CRD.md)."""
 
     phase: Phase | None = None
+    reason: str | None = None  # one CamelCase word: the Ready reason, or what blocks a pod
     message: str | None = None
     replicas: int | None = None
     ready_replicas: int | None = None
@@ -96,15 +98,34 @@ class Observation:
     last_scale_time: float | None = None
     last_active_time: float | None = None
     observed_generation: int | None = None
+    blocker: Blocker | None = None  # what keeps a pod of the endpoint from serving
 
 
 def _phase(obs: Observation) -> tuple[Phase, str]:
     inference, gateway = obs.inference, obs.gateway
+    if obs.blocker is not None and not _serving(obs):
+        return "Degraded", obs.blocker.message
     if inference is None or gateway is None:
         return "Pending", "creating the inference and gateway Deployments"
     for component, view in ((names.INFERENCE, inference), (names.GATEWAY, gateway)):
         if view.failure:
             return "Degraded", f"{component} Deployment: {view.failure}"
+    return _running_phase(obs, inference, gateway)
+
+
+SERVING: tuple[Phase, ...] = ("Ready", "ScaledToZero")
+
+
+def _serving(obs: Observation) -> bool:
+    inference, gateway = obs.inference, obs.gateway
+    if inference is None or gateway is None:
+        return False
+    return _running_phase(obs, inference, gateway)[0] in SERVING
+
+
+def _running_phase(
+    obs: Observation, inference: DeploymentView, gateway: DeploymentView
+) -> tuple[Phase, str]:
     if gateway.ready < 1:
         return "Progressing", "waiting for a ready gateway pod"
     if obs.desired == 0:
@@ -139,9 +160,11 @@ def compute_status(obs: Observation, previous: EndpointStatus, now: float) -> En
     before = {c.type: c for c in previous.conditions or []}
     ready_replicas = obs.inference.ready if obs.inference else 0
     at_zero = obs.desired == 0 and (obs.inference is None or obs.inference.current == 0)
-    serving = phase in ("Ready", "ScaledToZero")
+    serving = phase in SERVING
+    blocker = obs.blocker
+    ready_reason = blocker.reason if blocker is not None and not serving else phase
     conditions = [
-        _condition(before, "Ready", serving, phase, message, now),
+        _condition(before, "Ready", serving, ready_reason, message, now),
         _condition(
             before,
             "ModelAvailable",
@@ -158,9 +181,20 @@ def compute_status(obs: Observation, previous: EndpointStatus, now: float) -> En
             "scaled to zero after idleSeconds without streams" if at_zero else "",
             now,
         ),
+        _condition(
+            before,
+            "PodsHealthy",
+            blocker is None,
+            blocker.reason if blocker else "NoBlockedPods",
+            blocker.message if blocker else "no pod of the endpoint is blocked",
+            now,
+        ),
     ]
+    if blocker is not None and serving:
+        message = f"{message}; but {blocker.message}"
     return EndpointStatus(
         phase=phase,
+        reason=blocker.reason if blocker is not None else ready_reason,
         message=message,
         replicas=obs.inference.current if obs.inference else 0,
         ready_replicas=ready_replicas,
@@ -186,15 +220,20 @@ def compute_status(obs: Observation, previous: EndpointStatus, now: float) -> En
 
 
 def failed_status(
-    message: str, previous: EndpointStatus, now: float, generation: int | None
+    message: str,
+    previous: EndpointStatus,
+    now: float,
+    generation: int | None,
+    reason: str = "InvalidSpec",
 ) -> EndpointStatus:
     """Status of an endpoint whose spec the operator cannot act on."""
     before = {c.type: c for c in previous.conditions or []}
-    ready = _condition(before, "Ready", False, "InvalidSpec", message, now)
+    ready = _condition(before, "Ready", False, reason, message, now)
     others = [c for c in previous.conditions or [] if c.type != "Ready"]
     return previous.model_copy(
         update={
             "phase": "Failed",
+            "reason": reason,
             "message": message,
             "observed_generation": generation,
             "conditions": [ready, *others],

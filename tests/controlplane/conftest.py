@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from testsupport import IN_CI
+from operator_support import Operator
+from testsupport import CLUSTER_ROLE, IN_CI, closed_port
 
 from tools.cluster import binaries, gobuild, kubetools
 from tools.cluster.binaries import ClusterBinaries
@@ -25,6 +26,7 @@ from tools.cluster.controlplane import ControlPlane, RoutesRefusedError
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "llmstream.dev_llmendpoints.yaml"
 CRD_NAME = "llmendpoints.llmstream.dev"
+OPERATOR_NAMESPACE = "llmstream-system"
 _PROVISIONED = pytest.StashKey[ClusterBinaries | str]()
 
 
@@ -124,3 +126,35 @@ def namespace(api: httpx.Client) -> Iterator[str]:
     assert created.status_code == 201, created.text
     yield name
     api.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture(scope="session")
+def operator_token(control_plane: ControlPlane, crd: dict[str, Any]) -> str:
+    """A token of ServiceAccount llmstream-system/llmstream-operator, bound to the ClusterRole."""
+    control_plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    control_plane.kubectl(
+        "-n", OPERATOR_NAMESPACE, "create", "serviceaccount", "llmstream-operator"
+    )
+    control_plane.kubectl("apply", "-f", str(CLUSTER_ROLE))
+    control_plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        "llmstream-operator",
+        "--clusterrole=llmstream-operator",
+        f"--serviceaccount={OPERATOR_NAMESPACE}:llmstream-operator",
+    )
+    token = control_plane.kubectl(
+        "-n", OPERATOR_NAMESPACE, "create", "token", "llmstream-operator", "--duration=2h"
+    ).stdout.strip()
+    assert token
+    return token
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: ControlPlane, operator_token: str) -> Iterator[Operator]:
+    """One operator for the module's tests (a test may restart it), cluster-wide."""
+    with closed_port() as unreachable:
+        running = Operator(control_plane, operator_token, unreachable)
+        running.start()
+        yield running
+        running.stop()

@@ -7,15 +7,17 @@ kwok plays the kubelet: pods the scheduler places become Running and Ready witho
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import ip_address, ip_network
 from typing import Any
 
 import httpx
 import pytest
 from netguard import NetGuard
-from testsupport import CLUSTER_ROLE, GROUP_PATH, closed_port, pod_address_map, poll_until
+from operator_support import Operator
+from testsupport import GROUP_PATH, poll_until
 
 from llmstream.wake import lease_name as wake_name
 from llmstream.wake import wake_patch
@@ -24,7 +26,6 @@ from tools.cluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 
-OPERATOR_NAMESPACE = "llmstream-system"
 SOURCE = "builtin://smollm2-135m-instruct"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 WAIT_S = 90.0
@@ -32,78 +33,6 @@ WAIT_S = 90.0
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
     return poll_until(what, probe, timeout)
-
-
-@pytest.fixture(scope="module")
-def operator_token(control_plane: ControlPlane, crd: dict[str, Any]) -> str:
-    """A token of ServiceAccount llmstream-system/llmstream-operator, bound to the ClusterRole."""
-    control_plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    control_plane.kubectl(
-        "-n", OPERATOR_NAMESPACE, "create", "serviceaccount", "llmstream-operator"
-    )
-    control_plane.kubectl("apply", "-f", str(CLUSTER_ROLE))
-    control_plane.kubectl(
-        "create",
-        "clusterrolebinding",
-        "llmstream-operator",
-        "--clusterrole=llmstream-operator",
-        f"--serviceaccount={OPERATOR_NAMESPACE}:llmstream-operator",
-    )
-    token = control_plane.kubectl(
-        "-n", OPERATOR_NAMESPACE, "create", "token", "llmstream-operator", "--duration=2h"
-    ).stdout.strip()
-    assert token
-    return token
-
-
-class Operator:
-    """The operator, cluster-wide, on its own thread in this process; restartable.
-
-    Its load probe reads gateway pods through `--pod-address-map`: kwok's pods run nothing, so
-    the whole pod range goes to a closed loopback port and no pod address is ever dialled.
-    """
-
-    def __init__(self, control_plane: ControlPlane, token: str, unreachable_port: int) -> None:
-        from llmstream_operator.kube import KubeAccess
-
-        self.access = KubeAccess(
-            server=control_plane.server, ca_path=str(control_plane.ca_cert), token=token
-        )
-        self.unreachable_port = unreachable_port
-        self.thread: Any = None
-
-    def start(self) -> None:
-        from llmstream_operator.app import OperatorThread, create_runtime
-        from llmstream_operator.runtime import OperatorSettings
-
-        from llmstream.addressmap import AddressMapping
-
-        settings = OperatorSettings(
-            metrics_port=None,
-            liveness_endpoint=None,
-            pod_address_map=(AddressMapping.parse(pod_address_map(self.unreachable_port)),),
-        )
-        self.thread = OperatorThread(create_runtime(settings, self.access))
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.thread.stop()
-            self.thread = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-@pytest.fixture(scope="module")
-def operator(control_plane: ControlPlane, operator_token: str) -> Iterator[Operator]:
-    """One operator for the module's tests (a test may restart it)."""
-    with closed_port() as unreachable:
-        running = Operator(control_plane, operator_token, unreachable)
-        running.start()
-        yield running
-        running.stop()
 
 
 def endpoint(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -407,3 +336,103 @@ def test_the_load_probe_reads_fake_pods_only_through_the_address_map(
 
     wait_for("the load probe to read the gateway at its mapped address", probed_the_mapped_port)
     assert net_guard.connections_to(pod_network, since) == []
+
+
+EXPLAIN_WITHIN_S = 30.0
+
+
+def kubectl_get_row(control_plane: ControlPlane, namespace: str, name: str) -> dict[str, str]:
+    """`kubectl get llmep NAME` as a user reads it: the header's columns to the row's values."""
+    out = control_plane.kubectl("get", "llmep", name, "-n", namespace).stdout.splitlines()
+    header, row = out[0], out[1]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    bounds = [*starts[1:], None]
+    return {
+        header[start:end].strip(): row[start:end].strip()
+        for start, end in zip(starts, bounds, strict=True)
+    }
+
+
+def warning_events(api: httpx.Client, namespace: str, name: str) -> list[dict[str, Any]]:
+    selector = f"involvedObject.kind=LLMEndpoint,involvedObject.name={name}"
+    response = api.get(f"/api/v1/namespaces/{namespace}/events", params={"fieldSelector": selector})
+    return [e for e in response.json()["items"] if e["type"] == "Warning"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "scheduler_says", "fix"),
+    [
+        (
+            {"resources": {"gpus": 9}, "placement": {"tolerations": [GPU_TOLERATION]}},
+            "Insufficient nvidia.com/gpu",
+            {"spec": {"resources": {"gpus": 1}}},
+        ),
+        (
+            {"resources": {"gpus": 0}, "placement": {"nodeSelector": {"pool": "h100-nowhere"}}},
+            "didn't match Pod's node affinity/selector",
+            {"spec": {"placement": {"nodeSelector": {"pool": None}}}},
+        ),
+    ],
+    ids=["more-gpus-than-any-node", "node-selector-matches-nothing"],
+)
+def test_an_endpoint_no_node_can_run_says_why_in_kubectl_get_then_clears(
+    operator: Operator,
+    control_plane: ControlPlane,
+    api: httpx.Client,
+    namespace: str,
+    spec: dict[str, Any],
+    scheduler_says: str,
+    fix: dict[str, Any],
+) -> None:
+    spec = {**spec, "scaling": {"minReplicas": 1, "maxReplicas": 1}}
+    create_endpoint(api, namespace, endpoint("stuck", spec))
+    started = time.monotonic()
+    row = poll_until(
+        "kubectl get llmep to show Unschedulable",
+        lambda: (
+            (r := kubectl_get_row(control_plane, namespace, "stuck"))["REASON"] == "Unschedulable"
+            and r
+        ),
+        EXPLAIN_WITHIN_S,
+        interval=0.5,
+    )
+    took = time.monotonic() - started
+    assert row["PHASE"] == "Degraded"
+    wide = control_plane.kubectl("get", "llmep", "stuck", "-n", namespace, "-o", "wide").stdout
+    assert scheduler_says in wide  # the Message column carries the scheduler's own words
+    status = ready_status_any(api, namespace, "stuck")
+    assert status["message"].startswith("inference pod stuck-inference-")
+    assert scheduler_says in status["message"]
+    healthy = {c["type"]: c for c in status["conditions"]}["PodsHealthy"]
+    assert (healthy["status"], healthy["reason"]) == ("False", "Unschedulable")
+    [event] = wait_for(
+        "a Warning Event", lambda: warning_events(api, namespace, "stuck"), EXPLAIN_WITHIN_S
+    )
+    assert event["reason"] == "Unschedulable"
+    assert scheduler_says in event["message"]
+    print(f"\nexplained in {took:.1f} s: {row}")
+
+    patched = api.patch(
+        f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/stuck",
+        json=fix,
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert patched.status_code == 200, patched.text
+    cleared = poll_until(
+        "the endpoint Ready with the reason cleared",
+        lambda: (
+            (r := kubectl_get_row(control_plane, namespace, "stuck"))["REASON"] == "Ready" and r
+        ),
+        EXPLAIN_WITHIN_S + 30,  # a new pod is scheduled and started by kwok first
+        interval=0.5,
+    )
+    assert (cleared["PHASE"], cleared["READY"]) == ("Ready", "1")
+    status = ready_status_any(api, namespace, "stuck")
+    assert {c["type"]: c["status"] for c in status["conditions"]}["PodsHealthy"] == "True"
+
+
+def ready_status_any(api: httpx.Client, namespace: str, name: str) -> dict[str, Any]:
+    body = get(api, f"{GROUP_PATH}/namespaces/{namespace}/llmendpoints/{name}")
+    assert body is not None
+    status: dict[str, Any] = body.get("status") or {}
+    return status

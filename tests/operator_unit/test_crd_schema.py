@@ -208,7 +208,9 @@ def test_crd_has_status_subresource_and_printer_columns() -> None:
     version = load_crd()["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Model", "Phase", "Ready", "Desired", "Streams", "URL", "Age"]
+    assert columns == [
+        "Model", "Phase", "Reason", "Ready", "Desired", "Streams", "URL", "Message", "Age"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("k8s_version", ["1.30", "1.35"])

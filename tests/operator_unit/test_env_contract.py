@@ -14,10 +14,11 @@ from llmstream_operator.spec import parse_spec
 from llmstream.cli import build_parser
 from llmstream.modelsource import PVC_ROOT_ENV
 from llmstream.paths import HOME_ENV
+from llmstream.termination import TERMINATION_LOG_ENV
 
 OWNER = Owner(name="qa", namespace="team-a", uid="u-1")
 # Read by the code directly, not through a flag.
-READ_DIRECTLY = {HOME_ENV, PVC_ROOT_ENV}
+READ_DIRECTLY = {HOME_ENV, PVC_ROOT_ENV, TERMINATION_LOG_ENV}
 SPEC = parse_spec(
     {
         "model": {"source": "pvc://models/llama", "aliases": ["gpt-4o-mini", "llama"]},
@@ -62,6 +63,8 @@ def test_every_variable_the_operator_sets_reaches_the_program(
             value = args[dest]
             if isinstance(value, tuple):  # a comma-separated list
                 value = ",".join(value)
+            if isinstance(value, bool):
+                value = str(value).lower()
             assert str(value) == str(entry["value"]) or float(value) == float(entry["value"]), (
                 name,
                 value,

@@ -43,6 +43,7 @@ PDBS = kmock.resource("policy", "v1", "poddisruptionbudgets")
 NETWORK_POLICIES = kmock.resource("networking.k8s.io", "v1", "networkpolicies")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
+PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
@@ -57,6 +58,7 @@ KINDS = {
     NETWORK_POLICIES: ("NetworkPolicy", set()),
     LEASES: ("Lease", set()),
     SLICES: ("EndpointSlice", set()),
+    PODS: ("Pod", {"status"}),
     EVENTS: ("Event", set()),
 }
 
@@ -309,7 +311,9 @@ async def test_status_turns_ready_and_scaled_to_zero_as_the_deployments_report(
         "phase Ready", lambda: cluster.endpoint().get("status", {}).get("phase") == "Ready"
     )
     conditions = {c["type"]: c["status"] for c in cluster.endpoint()["status"]["conditions"]}
-    assert conditions == {"Ready": "True", "ModelAvailable": "True", "ScaledToZero": "False"}
+    assert conditions == {
+        "Ready": "True", "ModelAvailable": "True", "ScaledToZero": "False", "PodsHealthy": "True"
+    }  # fmt: skip
     assert cluster.endpoint()["status"]["readyReplicas"] == 1
 
 
@@ -405,3 +409,76 @@ async def test_an_unreachable_gateway_never_scales_down(
     await gateway.stop()
     await asyncio.sleep(FAST_SCALING["idleSeconds"] + 1.0)
     assert replicas(cluster) == 2
+
+
+def inference_pod(name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """A pod of the endpoint's inference Deployment, as the kubelet would report it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": names.labels("qa", names.INFERENCE),
+        },
+        "spec": {"containers": [{"name": names.INFERENCE, "image": "llmstream/inference:nope"}]},
+        "status": status,
+    }
+
+
+async def test_a_pod_that_cannot_pull_its_image_is_explained_then_cleared(cluster: Cluster) -> None:
+    await cluster.create_endpoint(scaling={"minReplicas": 1, "maxReplicas": 1})
+    await cluster.until(
+        "the inference Deployment", lambda: cluster.get(DEPLOYMENTS, "qa-inference")
+    )
+    await cluster.until("the gateway Deployment", lambda: cluster.get(DEPLOYMENTS, "qa-gateway"))
+    await cluster.mark_ready("qa-gateway", 1)
+    image = "llmstream/inference:nope"
+    waiting = {
+        "reason": "ErrImageNeverPull",
+        "message": f'Container image "{image}" is not present with pull policy of Never',
+    }
+    container = {"name": names.INFERENCE, "image": image, "ready": False, "restartCount": 0}
+    pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    pulling = {
+        "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [{**container, "state": {"waiting": waiting}}],
+    }
+    await cluster.request("POST", pods, inference_pod("qa-inference-1", pulling))
+    status = await cluster.until(
+        "the reason in status",
+        lambda: (
+            cluster.endpoint().get("status", {}).get("reason") == "ImagePullBackOff"
+            and cluster.endpoint()["status"]
+        ),
+    )
+    assert status["phase"] == "Degraded"
+    assert image in status["message"]
+    assert "docs/install.md#images" in status["message"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["PodsHealthy"]["status"] == "False"
+    assert conditions["Ready"]["reason"] == "ImagePullBackOff"
+    events = await cluster.until("a Warning Event", lambda: cluster.events("ImagePullBackOff"))
+    assert events[0]["type"] == "Warning"
+    assert image in events[0]["message"]
+    # The image arrives: the pod runs and turns ready; the endpoint forgets the problem.
+    running = {
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True"},
+        ],
+        "containerStatuses": [{**container, "ready": True, "state": {"running": {}}}],
+    }
+    await cluster.patch(f"{pods}/qa-inference-1/status", {"status": running})
+    await cluster.mark_ready("qa-inference", 1)
+    status = await cluster.until(
+        "the problem cleared",
+        lambda: (
+            cluster.endpoint()["status"].get("reason") == "Ready" and cluster.endpoint()["status"]
+        ),
+    )
+    assert status["phase"] == "Ready"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["PodsHealthy"] == "True"
+    recovered = await cluster.until("a Normal Event", lambda: cluster.events("PodsHealthy"))
+    assert recovered[0]["type"] == "Normal"
+    assert "ImagePullBackOff cleared" in recovered[0]["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp.web
@@ -15,6 +16,7 @@ from llmstream_operator.drift import drifted
 from llmstream_operator.kube import KubeConfigError, access_from_kubeconfig, resource_path
 from llmstream_operator.loadprobe import HttpLoadProbe, summed
 from llmstream_operator.metrics import OperatorMetrics
+from llmstream_operator.podhealth import Blocker
 from llmstream_operator.status import (
     DeploymentView,
     EndpointStatus,
@@ -165,6 +167,46 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     by_type = {c.type: c for c in lost.conditions}
     assert by_type["ModelAvailable"].status == "False"
     assert by_type["ModelAvailable"].last_transition_time == "1970-01-01T00:05:00Z"
+
+
+BLOCKED = Blocker(
+    "ImagePullBackOff", "inference pod p: image 'x' cannot be pulled", "p", "inference"
+)
+
+
+def test_a_blocked_pod_degrades_an_endpoint_that_does_not_serve_and_names_why() -> None:
+    stuck = DeploymentView(replicas=1, current=1, failure="ProgressDeadlineExceeded: timed out")
+    obs = replace(observation(1, stuck, READY_GATEWAY), blocker=BLOCKED)
+    status = compute_status(obs, EndpointStatus(), now=100.0)
+    assert (status.phase, status.reason, status.message) == (
+        "Degraded", "ImagePullBackOff", BLOCKED.message,
+    )  # fmt: skip
+    by_type = {c.type: c for c in status.conditions or []}
+    assert (by_type["Ready"].status, by_type["Ready"].reason) == ("False", "ImagePullBackOff")
+    assert (by_type["PodsHealthy"].status, by_type["PodsHealthy"].message) == (
+        "False", BLOCKED.message,
+    )  # fmt: skip
+    # The cause goes away: the next status clears every trace of it.
+    healed = compute_status(
+        observation(1, DeploymentView(replicas=1, ready=1, current=1), READY_GATEWAY), status, 200.0
+    )
+    assert (healed.phase, healed.reason) == ("Ready", "Ready")
+    assert "cannot be pulled" not in (healed.message or "")
+    pods = {c.type: c for c in healed.conditions or []}["PodsHealthy"]
+    assert (pods.status, pods.reason, pods.last_transition_time) == (
+        "True", "NoBlockedPods", "1970-01-01T00:03:20Z",
+    )  # fmt: skip
+
+
+def test_a_serving_endpoint_stays_ready_and_says_what_blocks_its_new_pod() -> None:
+    rolling = DeploymentView(replicas=1, ready=1, current=2)
+    obs = replace(observation(1, rolling, READY_GATEWAY), blocker=BLOCKED)
+    status = compute_status(obs, EndpointStatus(), now=100.0)
+    assert (status.phase, status.reason) == ("Ready", "ImagePullBackOff")
+    assert status.message == f"1 inference replica(s) ready; but {BLOCKED.message}"
+    by_type = {c.type: c for c in status.conditions or []}
+    assert by_type["Ready"].status == "True"
+    assert by_type["PodsHealthy"].status == "False"
 
 
 def test_status_changes_lists_only_what_differs() -> None:

@@ -15,6 +15,9 @@ Manifest = dict[str, Any]
 DRAIN_SECONDS = 5
 PROBE_PERIOD_SECONDS = 5
 RUN_AS_USER = 10001
+# A container that dies leaves the last lines it printed (or the reason it wrote to its
+# termination log) in the pod's status, where the operator reads why (podhealth.py).
+TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 
 
 @dataclass(frozen=True)

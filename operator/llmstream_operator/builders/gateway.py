@@ -11,6 +11,7 @@ from ..spec import LLMEndpointSpec, SecretKeyRef
 from .common import (
     DRAIN_SECONDS,
     PROBE_PERIOD_SECONDS,
+    TERMINATION_MESSAGE_POLICY,
     BuildSettings,
     Manifest,
     Owner,
@@ -94,6 +95,7 @@ def gateway_deployment(owner: Owner, spec: LLMEndpointSpec, settings: BuildSetti
         "livenessProbe": http_probe("/healthz", 10, 3, timeout=5),
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "securityContext": container_security(),
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
     }
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     key_ref = spec.gateway.api_key_secret_ref

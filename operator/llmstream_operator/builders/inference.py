@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from llmstream import termination
 from llmstream.modelsource import PVC_ROOT_ENV
 
 from .. import names
@@ -12,6 +13,7 @@ from ..spec import LLMEndpointSpec, Quantity
 from .common import (
     DRAIN_SECONDS,
     PROBE_PERIOD_SECONDS,
+    TERMINATION_MESSAGE_POLICY,
     BuildSettings,
     Manifest,
     Owner,
@@ -64,6 +66,10 @@ def inference_env(spec: LLMEndpointSpec, settings: BuildSettings) -> list[Manife
         env("LLMSTREAM_HOME", names.LLMSTREAM_HOME_PATH),
         # Libraries that cache under $HOME must find it writable (the root fs is read-only).
         env("HOME", names.TMP_MOUNT),
+        # A model that cannot load ends the container with its reason in the termination
+        # message, which the operator shows on the endpoint (llmstream/termination.py).
+        env("LLMSTREAM_EXIT_ON_LOAD_FAILURE", "true"),
+        env(termination.TERMINATION_LOG_ENV, termination.KUBERNETES_TERMINATION_LOG),
     ]
     if model.max_context_tokens is not None:
         variables.append(env("LLMSTREAM_MAX_CONTEXT_TOKENS", model.max_context_tokens))
@@ -168,6 +174,7 @@ def inference_deployment(
         "livenessProbe": http_probe("/healthz", 10, 3, timeout=5),
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "securityContext": container_security(),
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
     }
     selector = names.selector_labels(owner.name, names.INFERENCE)
     return {

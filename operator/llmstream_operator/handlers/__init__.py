@@ -5,10 +5,10 @@ registry per operator, and each reaches its operator's runtime through kopf's `m
 (`context.operator_memo`). By job:
 
 - `lifecycle`: kopf settings, credentials and the metrics server.
-- `indexes`: in-memory views of the endpoints, Deployments, gateway EndpointSlices and wake
-  Leases, so handlers need no extra API calls.
+- `indexes`: in-memory views of the endpoints, Deployments, pods, gateway EndpointSlices and
+  wake Leases, so handlers need no extra API calls.
 - `reconcile`: create/update/resume of an LLMEndpoint: server-side apply every child, write
-  status.
+  status (with what blocks its pods: `explain`).
 - `scaling`: a timer per endpoint (settings.interval) reads gateway load, decides replicas and
   writes status; a wake Lease renewed by a gateway decides at once.
 - `restore`: an event on a child (edited or deleted) applies that child again when it drifted.
@@ -56,6 +56,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         registry=registry,
         id=indexes.DEPLOYMENTS_INDEX,
     )(indexes.index_deployments)
+    kopf.index("", "v1", "pods", labels=indexes.MANAGED, registry=registry, id=indexes.PODS_INDEX)(
+        indexes.index_pods
+    )
     kopf.index(
         "discovery.k8s.io",
         "v1",

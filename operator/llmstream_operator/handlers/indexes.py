@@ -1,6 +1,6 @@
 """kopf indexes (in-memory views of watched objects) and the handlers' lookups in them.
 
-They give the handlers the LLMEndpoints, the children's Deployments, the gateways'
+They give the handlers the LLMEndpoints, the children's Deployments and pods, the gateways'
 EndpointSlices and the wake Leases without extra API calls. kopf passes every index to every
 handler as a keyword argument named after the index id.
 """
@@ -18,10 +18,12 @@ from llmstream import wake as wake_signal
 
 from .. import names
 from ..loadprobe import gateway_urls
+from ..podhealth import PodView, pod_view
 from ..status import DeploymentView, deployment_view
 
 ENDPOINTS_INDEX = "llmstream_endpoints"
 DEPLOYMENTS_INDEX = "llmstream_deployments"
+PODS_INDEX = "llmstream_pods"
 GATEWAYS_INDEX = "llmstream_gateways"
 WAKES_INDEX = "llmstream_wakes"
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
@@ -83,6 +85,17 @@ def index_deployments(
     return {(namespace, endpoint, component): deployment_view(body)}
 
 
+def index_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], PodView]:
+    """(namespace, endpoint) -> what explaining a pod of the endpoint needs (one per pod)."""
+    endpoint = labels.get(names.LABEL_INSTANCE)
+    component = labels.get(names.LABEL_COMPONENT)
+    if not endpoint or not component or namespace is None:
+        return {}
+    return {(namespace, endpoint): pod_view(body, component)}
+
+
 def is_gateway_service(value: str | None, **_: Any) -> bool:
     """Label filter: EndpointSlices of a gateway Service."""
     return bool(value and value.endswith(f"-{names.GATEWAY}"))
@@ -123,6 +136,12 @@ def observe(
         first(deployments.get((namespace, name, names.INFERENCE))),
         first(deployments.get((namespace, name, names.GATEWAY))),
     )
+
+
+def pods_of(namespace: str, name: str, indexes: Mapping[str, Any]) -> list[PodView]:
+    """Every pod of the endpoint (both components), as last seen."""
+    pods: kopf.Index[Any, PodView] = indexes[PODS_INDEX]
+    return list(pods.get((namespace, name), []))
 
 
 def wake_requested_at(namespace: str, name: str, indexes: Mapping[str, Any]) -> float | None:

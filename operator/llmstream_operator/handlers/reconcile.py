@@ -17,6 +17,7 @@ from ..runtime import OperatorRuntime
 from ..spec import SpecError, parse_spec
 from ..status import Observation, compute_status, failed_status, read_status, status_changes
 from .context import describe, replicas_to_apply, runtime_of
+from .explain import explain
 from .indexes import observe
 
 RETRY_DELAY_SECONDS = 10.0
@@ -34,7 +35,9 @@ def fail(
     meta = body.get("metadata", {})
     runtime.metrics.reconcile_errors.labels(meta.get("namespace"), meta.get("name")).inc()
     kopf.warn(body, reason=reason, message=message)
-    new = failed_status(message, read_status(status), runtime.clock(), meta.get("generation"))
+    new = failed_status(
+        message, read_status(status), runtime.clock(), meta.get("generation"), reason
+    )
     patch.status.update(status_changes(status, new))
 
 
@@ -101,6 +104,7 @@ async def reconcile(
         inference=inference,
         gateway=gateway,
         observed_generation=meta.get("generation"),
+        blocker=explain(runtime, body, namespace, name, kwargs),
     )
     new = compute_status(observation, read_status(status), runtime.clock())
     patch.status.update(status_changes(status, new))

@@ -18,6 +18,7 @@ from ..runtime import OperatorRuntime
 from ..spec import LLMEndpointSpec, SpecError, parse_spec
 from ..status import DeploymentView, Observation, compute_status, read_status, status_changes
 from .context import describe, runtime_of
+from .explain import explain
 from .indexes import load_urls, observe, owning_endpoint, wake_requested_at
 
 
@@ -119,6 +120,7 @@ async def autoscale(
         pending_streams=sample.pending if sample else None,
         last_scale_time=state.last_scale_at,
         last_active_time=state.last_active_at,
+        blocker=explain(runtime, body, namespace, name, kwargs),
     )
     if decision is not None or inference is not None:
         new = compute_status(observation, read_status(status), runtime.clock())
