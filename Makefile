@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 .PHONY: bench-peers
 .PHONY: bench-protocols
 .PHONY: cluster-bin cluster-bin-for-tests cluster-up
-.PHONY: images image-base helm-lint chart-sync e2e
+.PHONY: images image-base helm-lint chart-sync e2e push chart-push kind-up
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -87,12 +87,26 @@ clean: ## remove the venv and build outputs (the model cache in $(LLMSTREAM_HOME
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Images, chart and kind end-to-end tests (docs/install.md). TORCH_VARIANT=cpu|cuda,
-# BAKE_DEFAULT_MODEL=true|false, BASE_IMAGE=auto|<image>, IMAGE_TAG are read by tools.images.
+# BAKE_DEFAULT_MODEL=true|false, BASE_IMAGE=auto|<image>, IMAGE_TAG are read by tools.images;
+# so are REGISTRY, PLATFORMS (push) and CHART_REGISTRY (chart-push). kind-up: KIND_CLUSTER, KIND.
 images: install ## build llmstream/{inference,gateway,operator} (BuildKit; debootstrap base where no registry)
 	@nice -n 10 $(PY) -m tools.images build
 
 image-base: install ## build the local debootstrap stand-in for python:3.11-slim (no registry needed)
 	@$(PY) -m tools.images base
+
+# push and chart-push need only the standard library: without a .venv (a release runner) they
+# run on $(PYTHON), sparing the ~6 GB install.
+TOOLS_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+push: ## push the built images as REGISTRY/<name>:<tag> (REGISTRY=host[:port]/org; with PLATFORMS=linux/amd64,linux/arm64 buildx builds and pushes)
+	@$(TOOLS_PY) -m tools.images push --registry "$(REGISTRY)" $(if $(PLATFORMS),--platforms "$(PLATFORMS)")
+
+chart-push: ## helm package + helm push the chart (CHART_REGISTRY=oci://host/org)
+	@$(TOOLS_PY) -m tools.images chart-push --registry "$(CHART_REGISTRY)"
+
+kind-up: images ## create (or reuse) a kind cluster from e2e/kind-config.yaml, load the images, print the helm steps
+	@$(PY) -m tools.kind up
 
 helm-lint: install ## helm lint + helm template checked by strict schemas (1.30, 1.35), offline
 	@$(VENV)/bin/pytest tests/chart $(PYTEST_ARGS)

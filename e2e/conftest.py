@@ -20,7 +20,6 @@ from testsupport import skip_or_fail
 
 from e2e.kind_support import (
     ARTIFACTS,
-    KIND_CONFIG,
     NODE_IMAGE,
     RELEASE_NAMESPACE,
     REQUIRED,
@@ -28,11 +27,11 @@ from e2e.kind_support import (
     Cluster,
     Kind,
     LocalTier,
-    kind_binary,
     local_prerequisites,
     prerequisites,
 )
 from llmstream import __version__
+from tools import kind as kindtool
 from tools.images import plan
 
 _PROVIDER = pytest.StashKey[tuple[str | None, list[str]]]()
@@ -121,24 +120,29 @@ def _local_cluster(images: list[str]) -> Iterator[Cluster]:
 
 
 def _kind_cluster(tmp_path_factory: pytest.TempPathFactory, images: list[str]) -> Iterator[Kind]:
-    """A fresh kind cluster for the session (kept with LLMSTREAM_E2E_KEEP=1)."""
-    binary = kind_binary()
+    """A fresh kind cluster for the session (kept with LLMSTREAM_E2E_KEEP=1).
+
+    Created and loaded by `tools.kind.up`, the code `make kind-up` runs.
+    """
+    binary = kindtool.kind_binary()
     assert binary is not None
     cluster = Kind(
         f"llmstream-e2e-{uuid.uuid4().hex[:6]}",
         tmp_path_factory.mktemp("kind") / "kubeconfig",
         binary,
     )
-    cluster.run(
-        binary, "create", "cluster", "--name", cluster.name, "--config", str(KIND_CONFIG),
-        "--image", NODE_IMAGE, "--kubeconfig", str(cluster.kubeconfig), "--wait", "180s",
-    )  # fmt: skip
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     try:
-        cluster.load(images)
+        kindtool.up(
+            cluster.name, cluster.kubeconfig, images, kind=binary, image=NODE_IMAGE, log=log
+        )
         yield cluster
     finally:
         if os.environ.get("LLMSTREAM_E2E_KEEP") != "1":
-            cluster.run(binary, "delete", "cluster", "--name", cluster.name, check=False)
+            kindtool.delete(binary, cluster.name, cluster.kubeconfig)
 
 
 @pytest.fixture(autouse=True)

@@ -7,20 +7,19 @@ otherwise the local tier with its real kubelet node (`tools.cluster`, docs/testi
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmstream.paths import llmstream_home
+from tools import kind as kindtool
 from tools.cluster import kubetools
 from tools.cluster.controlplane import ControlPlane
 from tools.images import engine
 
 ROOT = Path(__file__).resolve().parents[1]
-KIND_CONFIG = Path(__file__).with_name("kind-config.yaml")
-NODE_IMAGE = os.environ.get("KIND_NODE_IMAGE", "kindest/node:v1.35.0")
+NODE_IMAGE = kindtool.node_image()
 REQUIRED = os.environ.get("LLMSTREAM_E2E_REQUIRED", "") == "1"
 RELEASE_NAMESPACE = "llmstream-system"
 ARTIFACTS = Path(os.environ.get("LLMSTREAM_E2E_ARTIFACTS", tempfile.gettempdir())) / (
@@ -34,8 +33,8 @@ def prerequisites() -> list[str]:
         docker = engine.find_docker()
     except engine.EngineUnavailableError as exc:
         return [str(exc)]
-    if kind_binary() is None:
-        return ["kind is not installed (go install sigs.k8s.io/kind@v0.31.0, or set $KIND)"]
+    if kindtool.kind_binary() is None:
+        return [f"kind is not installed ({kindtool.INSTALL_HINT})"]
     # Tests never pull: a pull would leave the machine (docs/testing.md).
     if not engine.image_exists(docker, NODE_IMAGE):
         return [
@@ -60,12 +59,6 @@ def local_prerequisites() -> list[str]:
     except binaries.BinariesUnavailableError as exc:
         problems.append(str(exc))
     return problems
-
-
-def kind_binary() -> str | None:
-    """$KIND, else kind on PATH."""
-    explicit = os.environ.get("KIND")
-    return explicit if explicit and Path(explicit).exists() else shutil.which("kind")
 
 
 def tools() -> kubetools.KubeTools:
@@ -109,7 +102,7 @@ class Cluster:
 
 @dataclass
 class Kind(Cluster):
-    """A kind cluster."""
+    """A kind cluster (created like `make kind-up` creates one: `tools.kind.up`)."""
 
     kind: str
 
@@ -119,8 +112,7 @@ class Kind(Cluster):
 
     def load(self, refs: list[str]) -> None:
         """Copy images from the Docker engine into every kind node."""
-        for ref in refs:
-            self.run(self.kind, "load", "docker-image", ref, "--name", self.name)
+        kindtool.load(self.kind, self.name, refs, log=lambda _line: None)
 
 
 @dataclass

@@ -29,11 +29,14 @@ from llmstream_operator import builders, names
 
 import llmstream
 from llmstream.cli import build_parser
+from tools.cluster.node.keeper import normalized_ref
+from tools.images import plan
 
 NON_DEFAULT_VALUES: dict[str, Any] = {
+    "imageRegistry": "registry.example/llm",
     "operator": {
         "image": {
-            "repository": "registry.example/llm/operator",
+            "repository": "operator",
             "tag": "1.2.3",
             "pullPolicy": "Always",
         },
@@ -66,8 +69,8 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
         "podLabels": {"team": "ml"},
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     },
-    "inference": {"image": {"repository": "registry.example/llm/inference", "tag": "1.2.3-cuda"}},
-    "gateway": {"image": {"repository": "registry.example/llm/gateway", "tag": "1.2.3"}},
+    "inference": {"image": {"repository": "inference", "tag": "1.2.3-cuda"}},
+    "gateway": {"image": {"repository": "gateway", "tag": "1.2.3"}},
     "childImagePullPolicy": "Always",
     "imagePullSecrets": [{"name": "regcred"}],
     "serviceAccount": {"create": True, "name": "llm-operator", "annotations": {"a": "b"}},
@@ -174,6 +177,9 @@ def test_strict_validation_catches_a_misspelled_field(default_render: list[Manif
         ({"operator": {"imagee": {}}}, "imagee"),
         ({"helmTest": {"endpoint": "Not_A_Name"}}, "endpoint"),
         ({"monitoring": {"podMonitor": {"enabled": True, "interval": "soon"}}}, "interval"),
+        ({"imageRegistry": "https://registry.example/llm"}, "imageRegistry"),
+        ({"imageRegistry": "registry.example/llm/"}, "imageRegistry"),
+        ({"imageRegistry": "registry.example/LLM"}, "imageRegistry"),
     ],
 )
 def test_values_schema_refuses_bad_values_naming_the_field(
@@ -300,12 +306,56 @@ def test_every_operator_variable_is_a_flag_of_operator_run(custom_render: list[M
     assert operator_container(custom_render)["args"] == ["--verbose"]
 
 
+def rendered_images(manifests: list[Manifest]) -> dict[str, str]:
+    """The image of each component: the operator's own, the two it passes on, the test pod's."""
+    env = env_of(operator_container(manifests))
+    return {
+        "operator": operator_container(manifests)["image"],
+        "inference": env["LLMSTREAM_OPERATOR_INFERENCE_IMAGE"],
+        "gateway": env["LLMSTREAM_OPERATOR_GATEWAY_IMAGE"],
+        "helm-test": one(manifests, "Pod")["spec"]["containers"][0]["image"],
+    }
+
+
 def test_default_images_are_the_operators_own_defaults(default_render: list[Manifest]) -> None:
-    container = operator_container(default_render)
-    env = env_of(container)
-    assert env["LLMSTREAM_OPERATOR_INFERENCE_IMAGE"] == names.DEFAULT_INFERENCE_IMAGE
-    assert env["LLMSTREAM_OPERATOR_GATEWAY_IMAGE"] == names.DEFAULT_GATEWAY_IMAGE
-    assert container["image"] == f"llmstream/operator:{llmstream.__version__}"
+    # The same images as the operator's defaults (the chart spells them in full: docker.io/...).
+    images = rendered_images(default_render)
+    assert normalized_ref(images["inference"]) == normalized_ref(names.DEFAULT_INFERENCE_IMAGE)
+    assert normalized_ref(images["gateway"]) == normalized_ref(names.DEFAULT_GATEWAY_IMAGE)
+
+
+@pytest.mark.parametrize("name", plan.IMAGES)
+def test_default_images_are_the_published_ones_and_the_locally_built_ones(
+    default_render: list[Manifest], name: str
+) -> None:
+    published = f"docker.io/llmstream/{name}:{llmstream.__version__}"
+    assert rendered_images(default_render)[name] == published
+    # `make images` tags llmstream/<name>:<version>: Docker and containerd spell it in full.
+    assert normalized_ref(plan.image_spec(name).ref(llmstream.__version__)) == published
+
+
+def test_image_registry_prefixes_all_three_images_and_the_test_pod(helm: Path) -> None:
+    manifests = render(helm, "--set", "imageRegistry=127.0.0.1:5000/team")
+    version = llmstream.__version__
+    assert rendered_images(manifests) == {
+        "operator": f"127.0.0.1:5000/team/operator:{version}",
+        "inference": f"127.0.0.1:5000/team/inference:{version}",
+        "gateway": f"127.0.0.1:5000/team/gateway:{version}",
+        "helm-test": f"127.0.0.1:5000/team/gateway:{version}",
+    }
+
+
+def test_empty_image_registry_takes_each_repository_as_it_is(helm: Path) -> None:
+    manifests = render(
+        helm, "--set", "imageRegistry=",
+        "--set", "operator.image.repository=quay.example/ops/llm-operator",
+        "--set", "inference.image.repository=ghcr.example/ml/llm-inference",
+        "--set", "gateway.image.tag=dev",
+    )  # fmt: skip
+    images = rendered_images(manifests)
+    assert images["operator"] == f"quay.example/ops/llm-operator:{llmstream.__version__}"
+    assert images["inference"] == f"ghcr.example/ml/llm-inference:{llmstream.__version__}"
+    assert images["gateway"] == images["helm-test"] == "gateway:dev"
 
 
 def test_non_default_values_reach_the_deployment(custom_render: list[Manifest]) -> None:
@@ -427,3 +477,17 @@ def test_notes_tell_how_to_apply_an_example_and_stream_with_wscat(helm: Path) ->
     assert "kubectl port-forward svc/tiny-gateway 8080:8080" in notes
     assert "wscat -c ws://127.0.0.1:8080/v1/ws" in notes
     assert "helm test demo -n ml" in notes
+
+
+def test_notes_name_the_images_and_where_to_read_about_pulling_them(helm: Path) -> None:
+    result = run_helm(
+        helm, "install", "demo", str(CHART), "--dry-run=client", "--namespace", "ml",
+        "--set", "imageRegistry=127.0.0.1:5000/team",
+    )  # fmt: skip
+    notes = " ".join(result.stdout.split("NOTES:", 1)[1].split())
+    for name in ("operator", "inference", "gateway"):
+        assert f"127.0.0.1:5000/team/{name}:{llmstream.__version__}" in notes
+    assert "ImagePullBackOff" in notes
+    assert 'docs/install.md, section "Images"' in notes
+    # The operator's ImagePullBackOff message links docs/install.md#images too.
+    assert "\n## Images\n" in (ROOT / "docs" / "install.md").read_text()

@@ -255,7 +255,8 @@ def test_operator_with_the_charts_cluster_identity_reconciles_the_cpu_example(
         ).json()
         assert inference["spec"]["replicas"] == 0
         image = inference["spec"]["template"]["spec"]["containers"][0]["image"]
-        assert image == "llmstream/inference:0.1.0"
+        # The chart's imageRegistry (docker.io/llmstream) names what `make images` builds.
+        assert image == "docker.io/llmstream/inference:0.1.0"
 
         # A wake (what a gateway holding a stream does) scales up from zero: the chart's
         # RBAC lets the operator create and watch the Lease and patch Deployments and status.

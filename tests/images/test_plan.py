@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from llmstream import __version__
 from tools.images import plan
 
 ROOT = plan.ROOT
@@ -185,3 +187,152 @@ def test_umbrella_cli_builds_its_parser_with_only_one_images_dependencies(
     code = f"import sys; {blocked}; from llmstream.cli import build_parser; build_parser()"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, f"{image} image: {result.stderr[-800:]}"
+
+
+# -- make push / make chart-push --------------------------------------------------------------
+
+
+def test_push_tags_each_local_image_with_its_registry_name() -> None:
+    refs = plan.push_refs("registry.example:5000/ml", "1.2.3")
+    assert refs == [
+        ("llmstream/inference:1.2.3", "registry.example:5000/ml/inference:1.2.3"),
+        ("llmstream/gateway:1.2.3", "registry.example:5000/ml/gateway:1.2.3"),
+        ("llmstream/operator:1.2.3", "registry.example:5000/ml/operator:1.2.3"),
+    ]
+    source, target = refs[1]
+    assert plan.push_commands("docker", source, target) == [
+        ["docker", "tag", "llmstream/gateway:1.2.3", "registry.example:5000/ml/gateway:1.2.3"],
+        ["docker", "push", "registry.example:5000/ml/gateway:1.2.3"],
+    ]
+
+
+def test_the_pushed_digest_is_read_from_docker_push_output() -> None:
+    digest = "sha256:" + "ab" * 32
+    output = f"The push refers to repository [r/gateway]\n0.1.0: digest: {digest} size: 1159\n"
+    assert plan.pushed_digest(output) == digest
+    assert plan.pushed_digest("error") is None
+
+
+def test_push_can_name_some_images_only() -> None:
+    assert plan.push_refs("127.0.0.1:5000", "dev", ["gateway"]) == [
+        ("llmstream/gateway:dev", "127.0.0.1:5000/gateway:dev")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("registry", "complaint"),
+    [
+        ("", "empty"),
+        ("https://registry.example/ml", "scheme"),
+        ("registry.example/ml/", "trailing slash"),
+        ("registry.example/ML", "lower-case"),
+        ("registry.example/ml:1.0", "host[:port][/path]"),
+    ],
+)
+def test_a_registry_that_is_not_host_port_path_is_refused_saying_why(
+    registry: str, complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        plan.check_registry(registry)
+
+
+def test_registry_grammar_is_the_one_the_charts_image_registry_accepts() -> None:
+    schema = json.loads((ROOT / "charts" / "llmstream" / "values.schema.json").read_text())
+    assert schema["properties"]["imageRegistry"]["pattern"] == plan.REGISTRY_PATTERN
+    for good in ("docker.io/llmstream", "127.0.0.1:5000/team", "localhost:5000", "ghcr.io/a/b-c"):
+        assert plan.check_registry(good) == good
+
+
+def test_multi_platform_push_is_one_buildx_build_with_the_images_build_arguments() -> None:
+    spec = plan.image_spec("inference")
+    options = plan.BuildOptions(base="b:1", tag="2.0.0", torch="cpu", ca_bundle=Path("/ca.pem"))
+    command = plan.publish_command(
+        "docker", spec, options, "docker.io/llmstream", ("linux/amd64", "linux/arm64")
+    )
+    assert command[:3] == ["docker", "buildx", "build"]
+    assert command[command.index("--platform") + 1] == "linux/amd64,linux/arm64"
+    assert "--push" in command
+    assert "--load" not in command
+    assert command[command.index("--tag") + 1] == "docker.io/llmstream/inference:2.0.0"
+    # Everything after the tag is exactly what `make images` passes.
+    local = plan.build_command(["docker", "build"], spec, options)
+    assert command[command.index("--tag") + 2 :] == local[local.index("--tag") + 2 :]
+
+
+def test_multi_platform_push_takes_the_public_base_never_the_local_stand_in() -> None:
+    assert plan.publish_base("auto") == plan.PUBLIC_BASE
+    assert plan.publish_base("debian:custom") == "debian:custom"
+    with pytest.raises(ValueError, match="single-platform"):
+        plan.publish_base(plan.LOCAL_BASE)
+
+
+def test_platforms_are_a_comma_separated_list_of_os_arch() -> None:
+    assert plan.parse_platforms("linux/amd64, linux/arm64") == ("linux/amd64", "linux/arm64")
+    assert plan.parse_platforms("linux/arm/v7") == ("linux/arm/v7",)
+    with pytest.raises(ValueError, match="'arm64' is not os/arch"):
+        plan.parse_platforms("linux/amd64,arm64")
+
+
+@pytest.mark.parametrize(
+    ("registry", "plain_http"),
+    [
+        ("oci://127.0.0.1:5000/charts", True),
+        ("oci://localhost:5000/charts", True),
+        ("oci://registry-1.docker.io/llmstream", False),
+        ("oci://registry.example/charts", False),
+    ],
+)
+def test_chart_push_speaks_plain_http_to_a_loopback_registry_only(
+    registry: str, plain_http: bool
+) -> None:
+    package = Path("/tmp/llmstream-0.1.0.tgz")
+    command = plan.chart_push_command("helm", package, registry)
+    assert command[:4] == ["helm", "push", str(package), registry]
+    assert ("--plain-http" in command) is plain_http
+
+
+@pytest.mark.parametrize("registry", ["registry.example/charts", "oci://", "oci://Bad/Path"])
+def test_chart_registry_must_be_an_oci_address(registry: str) -> None:
+    with pytest.raises(ValueError, match="oci://host"):
+        plan.check_chart_registry(registry)
+
+
+def test_chart_app_version_is_read_from_chart_yaml() -> None:
+    text = (plan.CHART / "Chart.yaml").read_text()
+    assert plan.chart_app_version(text) == __version__
+    assert plan.chart_app_version("version: 1.0.0\nappVersion: '2.1.0'  # note\n") == "2.1.0"
+
+
+def test_a_chart_is_not_pushed_for_images_of_another_tag() -> None:
+    plan.check_chart_matches_images("0.1.0", "")  # no IMAGE_TAG: nothing to compare
+    plan.check_chart_matches_images("0.1.0", "0.1.0")
+    with pytest.raises(
+        ValueError, match=re.escape("IMAGE_TAG=0.2.0 but the chart's appVersion is 0.1.0")
+    ):
+        plan.check_chart_matches_images("0.1.0", "0.2.0")
+
+
+def test_push_command_line_reads_registry_platforms_and_tag_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tools.images.__main__ import build_parser
+
+    monkeypatch.setenv("REGISTRY", "127.0.0.1:5000/x")
+    monkeypatch.setenv("PLATFORMS", "linux/arm64")
+    monkeypatch.setenv("IMAGE_TAG", "dev")
+    args = build_parser().parse_args(["push", "gateway"])
+    assert (args.registry, args.platforms, args.tag, args.images) == (
+        "127.0.0.1:5000/x",
+        "linux/arm64",
+        "dev",
+        ["gateway"],
+    )
+
+
+def test_push_refuses_a_bad_registry_before_looking_for_docker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tools.images.__main__ import main
+
+    assert main(["push", "--registry", "http://registry.example/ml"]) == 2
+    assert "has a scheme" in capsys.readouterr().err

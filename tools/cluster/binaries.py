@@ -109,7 +109,7 @@ def kubernetes_version_of(apiserver: Path) -> str:
 
 
 @contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> Iterator[None]:
     """Serialise provisioning between processes (two test sessions, or make and pytest)."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / ".lock").open("w") as handle:
@@ -162,7 +162,7 @@ def provision(
     home = home or llmstream_home()
     found, missing = locate(home)
     if missing and build:
-        with _locked(cache_dir(home).parent):
+        with locked(cache_dir(home).parent):
             found, missing = locate(home)  # another process may have built them meanwhile
             if missing:
                 build_missing(missing, home, log)
