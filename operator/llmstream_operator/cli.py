@@ -14,6 +14,9 @@ from . import names
 from .names import DEFAULT_INTERVAL_SECONDS, DEFAULT_LIVENESS_PORT, DEFAULT_METRICS_PORT
 
 ENV_PREFIX = "LLMSTREAM_OPERATOR"
+# `llmstream doctor`: how long the test prompt may take (a wake from zero included), and its text.
+DOCTOR_TIMEOUT_S = 300.0
+DOCTOR_PROMPT = "Once upon a time"
 
 
 def _positive(text: str) -> float:
@@ -115,6 +118,57 @@ def register(commands: Any) -> None:
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)
+    _register_doctor(commands)
+
+
+def _register_doctor(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        help="check an LLMEndpoint link by link, from the resource to its first token",
+        description="Check an LLMEndpoint link by link, from the resource to its first token, "
+        "and stop at the first broken link with its fix. Exit status: 0 every link holds, "
+        "1 a link is broken, 2 nothing could be checked (kubeconfig, namespace).",
+    )
+    doctor.add_argument("endpoint", metavar="ENDPOINT", help="the LLMEndpoint's name")
+    doctor.add_argument(
+        "-n", "--namespace", help="its namespace (default: the kubeconfig context's, else default)"
+    )
+    doctor.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG)")
+    doctor.add_argument("--context", help="kubeconfig context")
+    doctor.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DOCTOR_TIMEOUT_S,
+        help="seconds the test prompt may take, a wake from zero included",
+    )
+    doctor.add_argument("--prompt", default=DOCTOR_PROMPT, help="the test prompt's text")
+    doctor.add_argument(
+        "--no-prompt",
+        dest="prompt",
+        action="store_const",
+        const=None,
+        help="do not send the test prompt (it wakes an endpoint at zero replicas)",
+    )
+    doctor.add_argument(
+        "--api-key", help="the gateway's API key, when it needs one (default: $LLMSTREAM_API_KEY)"
+    )
+    doctor.set_defaults(handler=_doctor)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor_io import Options, main
+
+    return main(
+        Options(
+            endpoint=args.endpoint,
+            namespace=args.namespace,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            timeout=args.timeout,
+            prompt=args.prompt,
+            api_key=args.api_key,
+        )
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
