@@ -456,6 +456,102 @@ async def test_a_gateway_pod_deleted_with_streams_open_closes_them_and_a_new_one
     assert all(f[-1].get("code") in {None, "backend_unavailable"} for f in frames), frames
 
 
+EXPLAIN_WITHIN_S = 30.0
+
+
+def broken_endpoint(name: str, **spec: Any) -> dict[str, Any]:
+    """A small CPU endpoint that wants one replica now (sized to fit beside the example)."""
+    model = {"source": "builtin://smollm2-135m-instruct", **spec.pop("model", {})}
+    return {
+        "apiVersion": "llmstream.dev/v1alpha1",
+        "kind": "LLMEndpoint",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "model": model,
+            "resources": {"gpus": 0, "requests": {"cpu": "100m", "memory": "256Mi"},
+                          "limits": {"memory": "1Gi"}},
+            "scaling": {"minReplicas": 1, "maxReplicas": 1},
+            **spec,
+        },
+    }  # fmt: skip
+
+
+def doctor(cluster: Cluster, endpoint: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`llmstream doctor` as a user runs it, against the cluster's kubeconfig."""
+    return cluster.run(
+        sys.executable, "-m", "llmstream", "doctor", endpoint, "-n", "default", *flags,
+        timeout=400, check=False,
+    )  # fmt: skip
+
+
+def get_columns(cluster: Cluster, name: str) -> dict[str, str]:
+    """`kubectl get llmep NAME -o wide`: the header's columns to the row's values."""
+    header, row = cluster.kubectl(
+        "get", "llmep", name, "-n", "default", "-o", "wide"
+    ).stdout.splitlines()[:2]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    return {
+        header[a:b].strip(): row[a:b].strip()
+        for a, b in zip(starts, [*starts[1:], None], strict=True)
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "says"),
+    [
+        ({"image": "llmstream/inference:no-such-tag"}, "ImagePullBackOff",
+         "llmstream/inference:no-such-tag"),
+        ({"model": {"source": "file:///models/no-such-model"}}, "ModelLoadFailed",
+         "/models/no-such-model does not exist"),
+    ],
+    ids=["missing-image", "missing-model-source"],
+)  # fmt: skip
+def test_a_broken_endpoint_says_why_in_kubectl_get_and_llmstream_doctor(
+    cluster: Cluster, gateway: str, spec: dict[str, Any], reason: str, says: str
+) -> None:
+    name = f"broken-{reason.lower()}"
+    manifest = ARTIFACTS / f"{name}.json"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(broken_endpoint(name, **spec)))
+    cluster.kubectl("apply", "-f", str(manifest))
+    started = time.monotonic()
+    try:
+        deadline = started + EXPLAIN_WITHIN_S + 60  # the pod must first be created and run
+        columns: dict[str, str] = {}
+        while time.monotonic() < deadline and columns.get("REASON") != reason:
+            time.sleep(1)
+            columns = get_columns(cluster, name)
+        took = time.monotonic() - started
+        assert columns.get("REASON") == reason, columns
+        assert columns["PHASE"] == "Degraded"
+        assert says in columns["MESSAGE"]
+        events = cluster.kubectl(
+            "get", "events", "-n", "default", "--field-selector",
+            f"involvedObject.name={name},reason={reason}", "-o", "json",
+        ).stdout  # fmt: skip
+        assert says in events
+        checked = doctor(cluster, name, "--no-prompt")
+        record_fault(f"explained_{reason}", seconds=round(took, 1), kubectl=columns,
+                     doctor=checked.stdout.splitlines())  # fmt: skip
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        assert f"✗ pods: {reason}" in checked.stdout
+        assert says in checked.stdout
+        assert "fix:" in checked.stdout
+    finally:
+        cluster.kubectl("delete", "-f", str(manifest), "--wait=false", check=False)
+
+
+def test_llmstream_doctor_walks_a_healthy_endpoint_to_its_first_token(
+    cluster: Cluster, gateway: str
+) -> None:
+    checked = doctor(cluster, ENDPOINT, "--timeout", "300")
+    record_fault("doctor_healthy", doctor=checked.stdout.splitlines())
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for link in ("LLMEndpoint", "operator", "Deployments", "pods", "gateway", "model",
+                 "first token"):  # fmt: skip
+        assert f"✓ {link}:" in checked.stdout, checked.stdout
+
+
 def test_deleting_the_endpoint_removes_its_children(cluster: Cluster, gateway: str) -> None:
     cluster.kubectl("delete", "llmep", ENDPOINT, "-n", "default", "--wait", "--timeout=300s")
     deadline = time.monotonic() + 300
