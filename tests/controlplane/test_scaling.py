@@ -537,6 +537,7 @@ def test_an_idle_endpoint_scales_back_to_zero_after_its_last_stream(
         "Ready": "True",
         "ModelAvailable": "False",
         "ScaledToZero": "True",
+        "PodsHealthy": "True",
     }
     assert status["replicas"] == status["readyReplicas"] == status["desiredReplicas"] == 0
     assert "inference replicas 1 -> 0 (idle)" in scaled_events(api, namespace, "idle")
