@@ -76,6 +76,10 @@ class ErrorCode(StrEnum):
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_FAILED = "backend_failed"
     CONTEXT_TOO_LONG = "context_too_long"
+    # A resume named a stream this principal cannot resume (unknown, expired, or another's).
+    STREAM_NOT_FOUND = "stream_not_found"
+    # The client read its stream(s) too slowly; the gateway ended them rather than buffer more.
+    SLOW_CONSUMER = "slow_consumer"
     INTERNAL = "internal"
 
 
@@ -150,6 +154,8 @@ class GenerateRequest(GenerateInput):
     """Body of `POST /v1/generate` (gateway and inference server)."""
 
     stream: bool = False
+    # Gateway only: keep generating for the resume window after the client goes (SSE).
+    resumable: bool = False
 
 
 class GenerateFrame(GenerateInput):
@@ -157,6 +163,22 @@ class GenerateFrame(GenerateInput):
 
     type: Literal["generate"]
     id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+    # Keep generating for the resume window after the connection drops (PROTOCOL.md).
+    resumable: bool = False
+
+
+# The server-issued id of a stream: 128 random bits, URL-safe base64 (22 characters).
+STREAM_ID_BYTES = 16
+StreamId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class ResumeFrame(_Strict):
+    """Client -> gateway: continue stream `stream` after the token event with index `after`
+    (-1: from the start)."""
+
+    type: Literal["resume"]
+    stream: StreamId
+    after: Annotated[int, Field(ge=-1)] = -1
 
 
 class CancelFrame(_Strict):
@@ -171,10 +193,25 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
+def _unknown(value: float | None) -> bool:
+    return value is None
+
+
 class Timing(BaseModel):
+    """Where a stream's time went, in milliseconds. The waits are optional: left out of the
+    JSON when unknown or zero, so older clients and servers see the shape they knew."""
+
     # None (and left out by encoders that drop nulls) when no token was produced.
     ttft_ms: float | None = None
     duration_ms: float
+    # Gateway: held while no backend was ready (cold start) / while all were full.
+    warming_ms: float | None = Field(default=None, exclude_if=_unknown)
+    capacity_ms: float | None = Field(default=None, exclude_if=_unknown)
+    # Inference server: from the request's arrival in the engine to its admission to a batch
+    # slot (the gateway passes it on).
+    queue_ms: float | None = Field(default=None, exclude_if=_unknown)
+    # Gateway: time spent waiting for the client's connection to take this stream's frames.
+    stall_ms: float | None = Field(default=None, exclude_if=_unknown)
 
 
 class TopLogprob(BaseModel):

@@ -283,6 +283,7 @@ class Engine:
         for seq in admitted:
             self._waiting.remove(seq)
             self._prefilling.append(seq)
+            seq.output.admitted_at = now
             self.observer.on_admitted(now - seq.output.arrived, len(seq.prompt_ids))
 
     def _prefill_together(self, group: list[Sequence]) -> None:

@@ -31,6 +31,8 @@ class Finished:
     completion_tokens: int
     ttft_s: float | None
     duration_s: float
+    # From arrival to admission to a batch slot; None if it never left the queue.
+    queue_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class RequestOutput:
     detok: IncrementalDetokenizer
     stops: StopMatcher
     arrived: float
+    admitted_at: float | None = None  # set by the engine when the sequence gets a batch slot
     generated: int = 0
     chunks: int = 0  # TokenDelta events so far (the next one's index)
     first_token_at: float | None = None
@@ -87,8 +88,9 @@ class OutputProcessor:
         out.finished = True
         duration = now - out.arrived
         ttft = None if out.first_token_at is None else out.first_token_at - out.arrived
+        queued = None if out.admitted_at is None else out.admitted_at - out.arrived
         self._observer.on_finished(reason, duration, out.generated)
-        return Finished(reason, out.prompt_tokens, out.generated, ttft, duration)
+        return Finished(reason, out.prompt_tokens, out.generated, ttft, duration, queued)
 
     def _end(self, out: RequestOutput, text: str, reason: FinishReason, now: float) -> list[Event]:
         return [*self._text(out, text), self.finish(out, reason, now)]

@@ -215,8 +215,11 @@ async def _drain(engine: Engine, ids: list[int]) -> int:
 
 
 def timing(event: Finished) -> Timing:
+    """A finished sequence's timing; `queue_ms` tells the gateway how long the engine queued
+    it before a batch slot was free."""
     ttft = None if event.ttft_s is None else round(event.ttft_s * 1000, 3)
-    return Timing(ttft_ms=ttft, duration_ms=round(event.duration_s * 1000, 3))
+    queued = None if event.queue_s is None else round(event.queue_s * 1000, 3)
+    return Timing(ttft_ms=ttft, duration_ms=round(event.duration_s * 1000, 3), queue_ms=queued)
 
 
 def usage(event: Finished) -> Usage:

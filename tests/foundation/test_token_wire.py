@@ -109,3 +109,39 @@ def test_done_and_error_survive_the_round_trip(
     decoded_done, decoded_error = relayed(encoded, cut)
     assert decoded_done == done
     assert decoded_error == error
+
+
+waits = st.one_of(st.none(), st.floats(min_value=0, max_value=1e7))
+
+
+@WIRE
+@given(waits, waits, waits, waits, st.integers(min_value=0))
+def test_the_waits_of_a_done_event_survive_and_unknown_ones_are_left_out(
+    warming: float | None,
+    capacity: float | None,
+    queue: float | None,
+    stall: float | None,
+    cut: int,
+) -> None:
+    timing = Timing(
+        ttft_ms=None,
+        duration_ms=5.0,
+        warming_ms=warming,
+        capacity_ms=capacity,
+        queue_ms=queue,
+        stall_ms=stall,
+    )
+    done = DoneEvent(finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=1),
+                     timing=timing)  # fmt: skip
+    [decoded] = relayed(sse("done", done), cut)
+    assert decoded == done
+    # What a client gets (`done_frame` dumps the event as it is): `ttft_ms` as ever, the waits
+    # only when known, so older clients see the shape they knew.
+    sent = json.loads(done.model_dump_json())["timing"]
+    given_waits = {"warming_ms": warming, "capacity_ms": capacity, "queue_ms": queue,
+                   "stall_ms": stall}  # fmt: skip
+    assert sent == {
+        "ttft_ms": None,
+        "duration_ms": 5.0,
+        **{name: value for name, value in given_waits.items() if value is not None},
+    }

@@ -172,6 +172,15 @@ def test_finishing_midstream_counts_the_tokens_so_far(processor: OutputProcessor
     assert processor.finish(out, "cancelled", ARRIVED + 5) == Finished("cancelled", 2, 2, 1.0, 5.0)
 
 
+def test_the_finished_event_tells_how_long_the_sequence_was_queued(
+    processor: OutputProcessor,
+) -> None:
+    out = start(processor)
+    out.admitted_at = ARRIVED + 0.25  # what the engine records when a batch slot takes it
+    events = feed(processor, out, [1, EOS])
+    assert events[-1] == [Finished("stop", 2, 2, 1.0, 2.0, queue_s=0.25)]
+
+
 def test_scored_tokens_ride_with_the_text_they_made(processor: OutputProcessor) -> None:
     out = start(processor)
     scores = [TokenScore(-0.5, ((5, -0.5), (1, -2.0))), TokenScore(-0.1, ()), TokenScore(-1.0, ())]

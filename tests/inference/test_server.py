@@ -67,6 +67,24 @@ async def test_streamed_greedy_text_equals_the_non_streamed_text(server: Inferen
     assert done["timing"]["ttft_ms"] <= done["timing"]["duration_ms"]
 
 
+async def test_a_queued_request_is_told_how_long_it_waited_for_a_batch_slot(
+    server: InferenceProcess,
+) -> None:
+    long = {"prompt": "The quick brown fox", "params": {**GREEDY, "max_new_tokens": 300}}
+    short = {"prompt": "What is a node?", "params": {**GREEDY, "max_new_tokens": 4}}
+    alone = (await stream_text(server, short))[1]["timing"]
+    assert 0 <= alone["queue_ms"] <= alone["ttft_ms"]
+    # Every batch slot taken: the next request waits in the engine's queue until one frees.
+    fillers = [asyncio.create_task(stream_text(server, long)) for _ in range(TINY_MAX_BATCH)]
+    async with asyncio.timeout(30):
+        while metric(server, "llmstream_inference_sequences_running") < TINY_MAX_BATCH:  # noqa: ASYNC110 - polling the server
+            await asyncio.sleep(0.02)
+    queued = (await stream_text(server, short))[1]["timing"]
+    await asyncio.gather(*fillers)
+    assert queued["queue_ms"] > alone["queue_ms"]
+    assert queued["queue_ms"] <= queued["ttft_ms"]
+
+
 async def test_a_second_request_joins_the_running_batch_and_both_are_correct(
     server: InferenceProcess,
 ) -> None:
