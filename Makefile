@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install demo test test-fast lint fmt clean tools model bench bench-inference bench-gateway gpu-check
 .PHONY: bench-peers
-.PHONY: bench-protocols
+.PHONY: bench-protocols bench-slow-consumers
 .PHONY: cluster-bin cluster-bin-for-tests cluster-up
 .PHONY: images image-base helm-lint chart-sync e2e push chart-push kind-up
 
@@ -78,6 +78,9 @@ bench-peers: install model ## guidellm, inference-perf, aiperf (pinned, cached e
 
 bench-protocols: install model ## WebSocket vs SSE vs REST through the gateway at 1, 8, 32 clients (latency, client CPU per token)
 	@HF_HUB_OFFLINE=1 $(VENV)/bin/python -m benchmarks.protocols --out bench-results
+
+bench-slow-consumers: install model ## 8 streams alone vs beside a client that never reads: their ITL p95 (target <= 1.2x) and the gateway's memory
+	@HF_HUB_OFFLINE=1 $(VENV)/bin/python -m benchmarks.slow_consumers --out bench-results
 
 gpu-check: install ## on a GPU machine: the CUDA tests + bench-inference in bfloat16 (offline, < 8 min); needs `make model` first
 	@scripts/gpu-check.sh

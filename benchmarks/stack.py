@@ -41,7 +41,13 @@ class Stack:
     threads (None: its default), and a gateway in front of it. Started on construction;
     `wait_ready` waits until the model serves and the gateway has seen it ready."""
 
-    def __init__(self, log_dir: Path, model: str | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        model: str | None = None,
+        threads: int | None = None,
+        gateway_args: tuple[str, ...] = (),
+    ) -> None:
         self.log_dir = log_dir
         self.children: list[subprocess.Popen[bytes]] = []
         inference_port, gateway_port = free_port(), free_port()
@@ -61,7 +67,7 @@ class Stack:
         self.gateway = self._spawn(
             "gateway", "gateway", "serve",
             "--host", "127.0.0.1", "--port", str(gateway_port),
-            "--backend", self.inference_url,
+            "--backend", self.inference_url, *gateway_args,
         )  # fmt: skip
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:

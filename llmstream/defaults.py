@@ -19,3 +19,9 @@ DEFAULT_TOP_P: Final = 0.95
 MAX_PENDING_STREAMS: Final = 100
 COLD_START_TIMEOUT_S: Final = 600
 MAX_STREAMS_PER_CONNECTION: Final = 8
+
+# The gateway: resumable streams (how long one outlives its client, how many token events it
+# keeps) and how far a client may fall behind before it counts as a slow consumer.
+RESUME_WINDOW_S: Final = 30
+RESUME_TAIL_EVENTS: Final = 4096
+CLIENT_BACKLOG_EVENTS: Final = 512

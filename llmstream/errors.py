@@ -23,6 +23,10 @@ STATUS_BY_CODE: Mapping[ErrorCode, int] = MappingProxyType(
         ErrorCode.UNAUTHORIZED: 401,
         ErrorCode.FORBIDDEN: 403,
         ErrorCode.MODEL_NOT_FOUND: 404,
+        ErrorCode.STREAM_NOT_FOUND: 404,
+        # Only ever sent inside a stream (an `error` frame or event, the answer's status long
+        # sent); 408 is what it would be: the client did not take the data in time.
+        ErrorCode.SLOW_CONSUMER: 408,
         ErrorCode.OVERLOADED: 429,
         ErrorCode.COLD_START_TIMEOUT: 503,
         ErrorCode.BACKEND_UNAVAILABLE: 503,

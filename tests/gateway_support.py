@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class FakeBackend:
     burst: bool = False  # every event in one write (a backend the gateway fell behind)
     heartbeat_s: float | None = None  # send `: keepalive` comments this often while waiting
     retry_after: str | None = "1"  # None: answer 429 without a Retry-After header
+    queue_ms: float | None = None  # the engine queue wait its `done` event reports
     ready: bool = True
     requests: int = 0
     completed: int = 0
@@ -99,13 +101,15 @@ class FakeBackend:
                 event = {"type": "token", "id": None, "text": text, "index": index}
                 await response.write(f"event: token\ndata: {json.dumps(event)}\n\n".encode())
                 await self._pause(response, self.delay_s)
-            done = {
+            done: dict[str, Any] = {
                 "type": "done",
                 "id": None,
                 "finish_reason": "length",
                 "usage": {"prompt_tokens": 3, "completion_tokens": len(self.tokens)},
                 "timing": {"ttft_ms": 1.0, "duration_ms": 2.0},
             }
+            if self.queue_ms is not None:
+                done["timing"]["queue_ms"] = self.queue_ms
             await response.write(f"event: done\ndata: {json.dumps(done)}\n\n".encode())
             self.completed += 1
             await response.write_eof()
@@ -168,10 +172,26 @@ async def wait_for(condition: Callable[[], bool], within_s: float = 5.0) -> None
         await asyncio.sleep(0.02)
 
 
+SERVER_STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")  # 128 random bits, URL-safe base64
+
+
+def unannounced(frame: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    """A stream's first frame without the server's stream id it carries (checked here; a
+    stream refused before it started has none, nor do frames a test read itself first)."""
+    announced = dict(frame)
+    stream = announced.pop("stream", None)
+    if stream is None and not required:
+        return announced
+    assert isinstance(stream, str), f"the first frame of a stream names it: {frame}"
+    assert SERVER_STREAM_ID.match(stream), stream
+    return announced
+
+
 async def collect(
     ws: aiohttp.ClientWebSocketResponse, stream_id: str, within_s: float = 10
 ) -> list[dict[str, Any]]:
-    """Frames of one stream up to its `done` or `error` (frames of other ids are skipped)."""
+    """Frames of one stream up to its `done` or `error` (frames of other ids are skipped); the
+    first frame's server stream id is checked and left out."""
     frames = []
     while True:
         msg = await asyncio.wait_for(ws.receive(), timeout=within_s)
@@ -179,7 +199,7 @@ async def collect(
         frame = json.loads(msg.data)
         if frame.get("id") != stream_id:
             continue
-        frames.append(frame)
+        frames.append(frame if frames else unannounced(frame, required=False))
         if frame["type"] in ("done", "error"):
             return frames
 
@@ -195,7 +215,8 @@ async def collect_all(
         assert msg.type == aiohttp.WSMsgType.TEXT, f"connection ended: {msg}"
         frame = json.loads(msg.data)
         if frame.get("id") in frames:
-            frames[frame["id"]].append(frame)
+            seen = frames[frame["id"]]
+            seen.append(frame if seen else unannounced(frame, required=False))
             if frame["type"] in ("done", "error"):
                 open_ids.discard(frame["id"])
     return frames

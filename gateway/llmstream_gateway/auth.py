@@ -23,16 +23,18 @@ def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str |
     return query.get(QUERY_PARAMETER) or None
 
 
-def key_accepted(expected: str | None, presented: str | None) -> bool:
-    """True when no key is configured, or the presented key equals it (constant time)."""
+def key_accepted(expected: str | Sequence[str] | None, presented: str | None) -> bool:
+    """True when no key is configured, or the presented key equals it (or one of them; each
+    compared in constant time)."""
     if expected is None:
         return True
     if presented is None:
         return False
     # Header bytes that are not UTF-8 arrive as surrogate escapes: compare the raw bytes.
-    return hmac.compare_digest(
-        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
-    )
+    given = presented.encode("utf-8", "surrogateescape")
+    keys = [expected] if isinstance(expected, str) else expected
+    matches = [hmac.compare_digest(given, key.encode("utf-8", "surrogateescape")) for key in keys]
+    return any(matches)
 
 
 def redact_query(path_qs: str) -> str:
@@ -106,6 +108,8 @@ class RotatingKey:
         self._identity = self._stat()
         self._key = read_key_file(path)  # a bad file at start-up is an error, not a warning
         self._checked_at = clock()
+        self._split_from = ""
+        self._keys: tuple[str, ...] = ()
         # The broken file state last complained about (a missing file is None): one log line
         # per state, not one per request.
         self._complained: tuple[tuple[int, int, int] | None] | None = None
@@ -117,8 +121,17 @@ class RotatingKey:
             return None
         return (found.st_ino, found.st_mtime_ns, found.st_size)
 
+    def keys(self) -> tuple[str, ...]:
+        """The keys in force now: the file holds one per line (each its own principal, e.g.
+        one per team; their resumable streams are theirs alone)."""
+        current = self.current()
+        if current != self._split_from:
+            self._split_from = current
+            self._keys = tuple(line.strip() for line in current.splitlines() if line.strip())
+        return self._keys
+
     def current(self) -> str:
-        """The key in force now."""
+        """The key file's content in force now."""
         now = self._clock()
         if now - self._checked_at < self._check_every_s:
             return self._key

@@ -61,6 +61,22 @@ def register(commands: Any) -> None:
     add_env_argument(chat, "--api-key", help="API key of the gateway")
     chat.set_defaults(handler=_chat)
 
+    top = commands.add_parser(
+        "top",
+        help="the gateway's live streams in the terminal, refreshed in place",
+        description="Polls the gateway's GET /v1/streams and shows one row per stream. "
+        "Keys: q quit, s next sort column, a/t/r/f sort by age/tokens/rate/ttft (again: "
+        "invert), i invert the order.",
+    )
+    top.add_argument(
+        "url", nargs="?", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="gateway URL"
+    )
+    add_env_argument(top, "--api-key", help="API key of the gateway")
+    top.add_argument(
+        "--interval", type=_positive_float, default=1.0, help="seconds between refreshes"
+    )
+    top.set_defaults(handler=_top)
+
     up = commands.add_parser(
         "up", help="run an inference server on the default model and a gateway in front of it"
     )
@@ -210,6 +226,43 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, seconds running streams may take to finish before each remaining one "
         "gets an error frame and its WebSocket closes with 1001",
     )
+    add_env_argument(
+        parser,
+        "--resume-window",
+        type=_positive_float,
+        default=float(defaults.RESUME_WINDOW_S),
+        help="seconds a resumable stream keeps generating after its client left",
+    )
+    add_env_argument(
+        parser,
+        "--resume-tail-events",
+        type=int,
+        default=defaults.RESUME_TAIL_EVENTS,
+        help="token events a resumable stream keeps for a resume",
+    )
+    add_env_argument(
+        parser,
+        "--client-backlog-events",
+        type=int,
+        default=defaults.CLIENT_BACKLOG_EVENTS,
+        help="events a client may fall behind on a stream before it is a slow consumer",
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        dest="peers",
+        default=None,
+        metavar="URL",
+        help="another replica of this gateway, asked for streams a resume names that are not "
+        "here (repeatable; with kubernetes discovery found from --gateway-service when not "
+        "given) [env LLMSTREAM_PEERS, comma-separated]",
+    )
+    add_env_argument(
+        parser,
+        "--gateway-service",
+        default=None,
+        help="the Service in front of this gateway's replicas (default <endpoint>-gateway)",
+    )
     add_env_argument(parser, "--log-level", default="INFO", help="logging level")
 
 
@@ -280,6 +333,11 @@ def _serve(args: argparse.Namespace) -> int:
             shutdown_drain_s=args.shutdown_drain,
             kubeconfig=args.kubeconfig,
             backend_address_map=mappings,
+            resume_window_s=args.resume_window,
+            resume_tail_events=args.resume_tail_events,
+            client_backlog_events=args.client_backlog_events,
+            peers=tuple(args.peers or _split_list(os.environ.get("LLMSTREAM_PEERS", ""))),
+            gateway_service=args.gateway_service,
         )
     except ValidationError as exc:
         from llmstream.wire import describe_validation_error
@@ -310,6 +368,12 @@ def _chat(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         passive_mode=args.passive,
     )
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .top import run
+
+    return run(args.url, args.api_key, args.interval)
 
 
 def _up(args: argparse.Namespace) -> int:

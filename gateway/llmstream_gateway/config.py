@@ -67,12 +67,25 @@ class GatewayConfig(BaseModel):
     # Browser origins (scheme://host[:port]) besides the gateway's own page that may call it;
     # `*` allows any. Requests without an Origin header are not affected.
     allowed_origins: tuple[str, ...] = ()
+    # Resumable streams (PROTOCOL.md): how long one keeps generating after its client left,
+    # and how many token events it keeps for a resume.
+    resume_window_s: Annotated[float, Field(gt=0)] = defaults.RESUME_WINDOW_S
+    resume_tail_events: Annotated[int, Field(ge=1)] = defaults.RESUME_TAIL_EVENTS
+    # Events a client may fall behind on a stream before it counts as a slow consumer.
+    client_backlog_events: Annotated[int, Field(ge=1)] = defaults.CLIENT_BACKLOG_EVENTS
+    # Other replicas of this gateway, asked for a stream a resume names that is not here;
+    # with kubernetes discovery they are found from the gateway's own Service when empty.
+    peers: tuple[str, ...] = ()
+    gateway_service: str | None = None
 
     @model_validator(mode="after")
     def _backends_match_discovery(self) -> GatewayConfig:
         for url in self.backends:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"backend {url!r} must be an http:// or https:// URL")
+        for url in self.peers:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"peer {url!r} must be an http:// or https:// URL")
         if self.discovery == "kubernetes" and self.backends:
             raise ValueError("--backend is for static discovery; drop it or use --discovery static")
         if self.api_key is not None and self.api_key_file is not None:
@@ -82,6 +95,11 @@ class GatewayConfig(BaseModel):
                 "--kubeconfig and --backend-address-map are for --discovery kubernetes"
             )
         return self
+
+    @property
+    def own_service(self) -> str:
+        """The Service in front of this gateway's replicas (its peers for resumes)."""
+        return self.gateway_service or f"{self.endpoint}-gateway"
 
     @property
     def service_name(self) -> str:

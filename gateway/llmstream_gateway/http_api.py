@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.web_request import BaseRequest
@@ -32,8 +34,19 @@ from llmstream.wire import (
 )
 
 from .metrics import Protocol
-from .protocol import done_frame, error_frame, queued_frame, token_frame
-from .streams import ClientGoneError, StreamRunner
+from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, new_stream_id
+from .protocol import (
+    announced,
+    done_frame,
+    error_frame,
+    parse_last_event_id,
+    queued_frame,
+    sse_event_id,
+    token_frame,
+)
+from .resumable import Resumables
+from .streamlist import client_address
+from .streams import ClientGoneError, StreamControl, StreamRunner
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -154,24 +167,45 @@ class LazyEventStream:
 
 
 class SseSink(LazyEventStream):
-    """Native SSE: `event: token|queued|done|error`, data = the WebSocket frame's JSON."""
+    """Native SSE: `event: token|queued|done|error`, data = the WebSocket frame's JSON. With
+    the server's stream id, every event has `id: <stream>:<index of the last token event>`
+    (what `Last-Event-ID` gives back to resume) and the first one's data announces it."""
+
+    def __init__(
+        self, request: web.Request, stream_id: str | None = None, client_id: str | None = None
+    ) -> None:
+        super().__init__(request)
+        self.stream_id = stream_id
+        self.client_id = client_id  # a WebSocket client's id, when a peer relays its stream
+        self.announce = stream_id
+        self.last_index = -1
+
+    async def _event(self, kind: str, data: str) -> None:
+        if self.announce is not None:
+            data, self.announce = announced(data, self.announce), None
+        if self.stream_id is None:
+            await self.write(f"event: {kind}\ndata: {data}\n\n")
+            return
+        event_id = sse_event_id(self.stream_id, self.last_index)
+        await self.write(f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n")
 
     async def queued(self, reason: HoldReason, position: int) -> None:
-        await self.write(f"event: queued\ndata: {queued_frame(None, reason, position)}\n\n")
+        await self._event("queued", queued_frame(self.client_id, reason, position))
 
     async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
-        frame = token_frame(None, text, index, logprobs)
-        await self.write(f"event: token\ndata: {frame}\n\n")
+        self.last_index = index
+        await self._event("token", token_frame(self.client_id, text, index, logprobs))
 
     async def done(self, event: DoneEvent) -> None:
-        await self.write(f"event: done\ndata: {done_frame(event)}\n\n")
+        await self._event("done", done_frame(event.model_copy(update={"id": self.client_id})))
 
     async def error(self, event: ErrorEvent) -> None:
         if self.response is None:
             self.early_error = event
             return
-        data = error_frame(None, event.code, event.message, event.retry_after_s)
-        await self.write(f"event: error\ndata: {data}\n\n")
+        await self._event(
+            "error", error_frame(None, event.code, event.message, event.retry_after_s)
+        )
 
 
 class CollectSink:
@@ -199,28 +233,150 @@ class CollectSink:
         self.error_event = event
 
 
+@dataclass(frozen=True)
+class SseStreams:
+    """What serving native SSE streams needs besides the runner: resumable streams and the
+    limits of PROTOCOL.md."""
+
+    runner: StreamRunner
+    resumables: Resumables
+    body_timeout_s: float
+    backlog_events: int
+    tail_events: int
+    # Finds a stream this replica does not hold on its peers (None: no peers, or a peer asked).
+    elsewhere: Callable[[str, int], Awaitable[LiveStream | None]] | None = None
+
+
 def generate_handler(
-    runner: StreamRunner, body_timeout_s: float
+    streams: SseStreams, principal: str
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """`POST /v1/generate` bound to a runner."""
+    """`POST /v1/generate` bound to a runner; `Last-Event-ID` resumes a resumable stream."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        last_event = request.headers.get("Last-Event-ID")
+        if last_event is not None:
+            return await resume_sse(request, streams, principal, last_event)
         try:
-            body = GenerateRequest.model_validate(await read_json(request, body_timeout_s))
+            body = GenerateRequest.model_validate(await read_json(request, streams.body_timeout_s))
         except ValidationError as exc:
             return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))
         except ValueError as exc:
             return error_response(ErrorCode.INVALID_REQUEST, str(exc))
         protocol: Protocol = "sse"
         if body.stream:
-            sink = SseSink(request)
-            await runner.run(body, sink, protocol)
-            return await sink.finish()
+            control = StreamControl(client_address=client_address(request))
+            live = LiveStream(
+                new_stream_id(),
+                "",
+                control,
+                resumable=body.resumable,
+                principal=principal,
+                tail_limit=streams.tail_events,
+            )
+            live.task = asyncio.create_task(
+                streams.runner.run(body, live, protocol, control=control)
+            )
+            if live.resumable:
+                streams.resumables.add(live)
+            return await follow(request, live, streams)
+        if body.resumable:
+            return error_response(
+                ErrorCode.INVALID_REQUEST,
+                'resumable: only a streamed answer ("stream": true) can be resumed',
+            )
         collect = CollectSink()
-        record = await runner.run(body, collect, protocol)
+        control = StreamControl(client_address=client_address(request))
+        record = await streams.runner.run(body, collect, protocol, control=control)
         return collected_response(record.stream_id, collect)
 
     return handle
+
+
+async def resume_sse(
+    request: web.Request, streams: SseStreams, principal: str, last_event: str
+) -> web.StreamResponse:
+    """Continue a resumable stream after the event `last_event` (`<stream>:<index>`)."""
+    parsed = parse_last_event_id(last_event)
+    if parsed is None:
+        return error_response(
+            ErrorCode.INVALID_REQUEST,
+            f"Last-Event-ID {last_event!r} is not one of this gateway's event ids "
+            "(<stream>:<index>, as sent in the events' id: lines)",
+        )
+    stream_id, after = parsed
+    live = streams.resumables.find(stream_id, principal)
+    if live is None and streams.elsewhere is not None:
+        live = await streams.elsewhere(stream_id, after)
+        if live is not None:
+            return await follow(request, live, streams)
+    if live is None:
+        return error_response(
+            ErrorCode.STREAM_NOT_FOUND,
+            f"no stream {stream_id!r} to resume here: unknown, expired, or started with "
+            "another API key",
+        )
+    streams.resumables.resumed(live)
+    return await follow(request, live, streams, after)
+
+
+def stream_events_handler(
+    streams: SseStreams, principal: str
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """`GET /v1/streams/{stream}/events?after=N` (or `Last-Event-ID`): a resumable stream's
+    events after N, then the live rest, as native SSE (what an EventSource reconnects to)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        stream_id = request.match_info["stream"]
+        after = request.query.get("after", "-1")
+        last_event = request.headers.get("Last-Event-ID") or f"{stream_id}:{after}"
+        return await resume_sse(request, streams, principal, last_event)
+
+    return handle
+
+
+async def follow(
+    request: web.Request, live: LiveStream, streams: SseStreams, after: int = -1
+) -> web.StreamResponse:
+    """Attach this response to `live` (from event `after` on) until the client has the end,
+    leaves, or reads too slowly; then let go of the stream (a resumable one waits for a
+    resume, any other is cancelled)."""
+    sink = SseSink(request, live.stream_id, live.client_id or None)
+    slow = asyncio.Event()
+    outlet = Outlet(sink, streams.backlog_events, slow.set, lambda: None)
+    live.attach(outlet, after)
+    slow_wait = asyncio.create_task(slow.wait())
+    waits: set[asyncio.Future[Any]] = {outlet.task, slow_wait}
+    if live.task is not None:
+        waits.add(live.task)
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if live.task is not None and live.task.done() and not outlet.task.done():
+            await outlet.finished(SLOW_CLOSE_S)  # the end is queued: let it be written
+    finally:
+        slow_wait.cancel()
+    if outlet.delivered_end:
+        streams.resumables.delivered(live)
+        return await sink.finish()
+    if live.outlet is outlet:
+        live.detach()
+        if live.resumable:
+            streams.resumables.left(live)
+        elif live.task is not None and not live.task.done():
+            live.control.cancel_reason = "slow_consumer" if slow.is_set() else "client_gone"
+            live.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await live.task
+    if slow.is_set():
+        message = (
+            f"the client fell more than {streams.backlog_events} events behind; read faster"
+            + (", or resume the stream" if live.resumable else "")
+        )
+        with contextlib.suppress(TimeoutError, ClientGoneError):
+            async with asyncio.timeout(SLOW_CLOSE_S):
+                await sink.error(ErrorEvent(code=ErrorCode.SLOW_CONSUMER, message=message))
+        if request.transport is not None:
+            request.transport.abort()  # what could not be written never will be
+    return await sink.finish()
 
 
 def collected_response(stream_id: str, sink: CollectSink) -> web.Response:

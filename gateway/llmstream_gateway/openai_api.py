@@ -35,6 +35,7 @@ from llmstream.wire import (
 from .backends import BackendSet
 from .http_api import CollectSink, LazyEventStream, error_response, read_json
 from .metrics import StreamRecord
+from .streamlist import client_address
 from .streams import StreamControl, StreamRunner, StreamSink
 
 # How long asking a backend for its model names may take.
@@ -134,12 +135,15 @@ async def run_choices(
     natives: list[GenerateInput],
     sinks: Sequence[StreamSink],
     failed: Callable[[], bool],
+    address: str | None = None,
 ) -> list[StreamRecord]:
     """Run each choice's stream (placed, held and retried on its own); once `failed()` says
-    one ended the answer, the others are cancelled. One choice runs in the caller's task."""
+    one ended the answer, the others are cancelled. One choice runs in the caller's task.
+    `address` is the client's, for GET /v1/streams."""
     if len(natives) == 1:
-        return [await runner.run(natives[0], sinks[0], "openai")]
-    controls = [StreamControl() for _ in natives]
+        control = StreamControl(client_address=address)
+        return [await runner.run(natives[0], sinks[0], "openai", control=control)]
+    controls = [StreamControl(client_address=address) for _ in natives]
     tasks = [
         asyncio.create_task(runner.run(native, sink, "openai", control=control))
         for native, sink, control in zip(natives, sinks, controls, strict=True)
@@ -184,11 +188,17 @@ def completions_handler(
             answer = openai.Answer(kind, f"{prefix}-{uuid.uuid4().hex[:24]}", model, echoes=echoes)
             stream = ChunkStream(request, answer, body.include_usage, body.per_prompt)
             sinks = [stream.choice(i) for i in range(len(natives))]
-            await run_choices(runner, natives, sinks, lambda: stream.failed)
+            await run_choices(
+                runner, natives, sinks, lambda: stream.failed, client_address(request)
+            )
             return await stream.finish()
         collected = [CollectSink() for _ in natives]
         records = await run_choices(
-            runner, natives, collected, lambda: any(c.error_event for c in collected)
+            runner,
+            natives,
+            collected,
+            lambda: any(c.error_event for c in collected),
+            client_address(request),
         )
         results: list[openai.Outcome] = []
         for sink in collected:

@@ -27,11 +27,12 @@ from llmstream.wire import (
     HoldReason,
     Logprobs,
     QueuedEvent,
+    ResumeFrame,
     TokenEvent,
     describe_validation_error,
 )
 
-FRAME_TYPES = ("generate", "cancel")
+FRAME_TYPES = ("generate", "cancel", "resume")
 PLAIN_DONE = "[done]"
 
 
@@ -42,7 +43,7 @@ class PlainPrompt:
     text: str
 
 
-ClientFrame = GenerateFrame | CancelFrame | PlainPrompt
+ClientFrame = GenerateFrame | CancelFrame | ResumeFrame | PlainPrompt
 
 
 class FrameError(ValueError):
@@ -74,12 +75,19 @@ def parse_client_frame(text: str) -> ClientFrame:
     stream_id = _frame_id(raw)
     kind = raw.get("type")
     if kind is None:
-        raise FrameError("missing field 'type' (expected 'generate' or 'cancel')", stream_id)
+        raise FrameError(
+            "missing field 'type' (expected 'generate', 'cancel' or 'resume')", stream_id
+        )
     if kind not in FRAME_TYPES:
-        raise FrameError(f"unknown frame type {kind!r}; expected 'generate' or 'cancel'", stream_id)
-    if "id" not in raw:
+        raise FrameError(
+            f"unknown frame type {kind!r}; expected 'generate', 'cancel' or 'resume'", stream_id
+        )
+    if kind == "resume":
+        model: type[GenerateFrame | CancelFrame | ResumeFrame] = ResumeFrame
+    elif "id" not in raw:
         raise FrameError("missing field 'id': every generate/cancel frame needs one")
-    model = GenerateFrame if kind == "generate" else CancelFrame
+    else:
+        model = GenerateFrame if kind == "generate" else CancelFrame
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -99,7 +107,7 @@ def request_from_plain(prompt: PlainPrompt) -> GenerateInput:
 
 
 # Fields a client's request carries for the gateway, not for the inference server.
-_GATEWAY_ONLY = {"type", "id", "stream"}
+_GATEWAY_ONLY = {"type", "id", "stream", "resumable"}
 
 
 def backend_body(request: GenerateInput) -> bytes:
@@ -146,3 +154,23 @@ def error_frame(
     if retry_after_s is None:
         del data["retry_after_s"]
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def announced(frame: str, stream_id: str) -> str:
+    """A rendered JSON frame with the server's `stream` id added first (the first frame of
+    each stream carries it; the id is URL-safe, so it needs no escaping)."""
+    return f'{{"stream":"{stream_id}",{frame[1:]}'
+
+
+def sse_event_id(stream_id: str, index: int) -> str:
+    """`id:` of an SSE event: the stream and the index of the last token event sent so far
+    (-1 before any), what `Last-Event-ID` gives back on a reconnect."""
+    return f"{stream_id}:{index}"
+
+
+def parse_last_event_id(value: str) -> tuple[str, int] | None:
+    """(stream id, index) of a `Last-Event-ID` header; None when it is not one of ours."""
+    stream_id, sep, index = value.strip().rpartition(":")
+    if not sep or not stream_id or not index.lstrip("-").isdigit():
+        return None
+    return stream_id, max(-1, int(index))

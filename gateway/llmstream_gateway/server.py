@@ -24,12 +24,22 @@ from llmstream.wire import BACKEND_POOL_IDLE_S, ErrorCode
 from .activator import Activator, NoWaker, Waker
 from .auth import RotatingKey, key_accepted, origin_allowed, presented_key, redact_query
 from .backends import BackendSet
-from .config import GatewayConfig
+from .config import INFERENCE_PORT_NAME, GatewayConfig
 from .discovery import StaticDiscovery
-from .http_api import error_response, expect_continue, generate_handler
+from .http_api import (
+    SseStreams,
+    error_response,
+    expect_continue,
+    generate_handler,
+    stream_events_handler,
+)
 from .metrics import GatewayMetrics
 from .openai_api import ModelCatalog, completions_handler
+from .outlet import LiveStream
+from .peers import PEER_HEADER, PeerUrls, kubernetes_peers, static_peers, stream_from_peers
+from .resumable import Resumables, principal_of
 from .slowpeers import SlowPeerRunner
+from .streamlist import stream_list
 from .streams import StreamRunner
 from .ws import Connections, serve_websocket
 
@@ -58,6 +68,8 @@ class Gateway:
         self.kube_configuration = kube_configuration
         self.waker = waker or self._default_waker()
         self.connections = Connections()
+        self.resumables = Resumables(config.resume_window_s)
+        self.peers: PeerUrls | None = None
         self.activator = Activator(
             self.backends,
             max_pending=config.max_pending_streams,
@@ -96,6 +108,7 @@ class Gateway:
         """aiohttp on_shutdown (SIGTERM; the listener is closed by now): drain, then going away
         (`Connections.shut_down`)."""
         await self.connections.shut_down(self.config.shutdown_drain_s)
+        await asyncio.gather(*self.resumables.cancel_all(), return_exceptions=True)
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: client session and discovery live as long as the app."""
@@ -112,6 +125,12 @@ class Gateway:
         self._catalog = ModelCatalog(
             self.backends, self._session, self.config.endpoint, self.config.model_names
         )
+        if self.config.peers:
+            self.peers = static_peers(self.config.peers)
+        elif self.config.discovery == "kubernetes":
+            self.peers = kubernetes_peers(
+                self._kube(), self.config.namespace, self.config.own_service, INFERENCE_PORT_NAME
+            )
         discovery = asyncio.create_task(self._discover(), name="backend-discovery")
         try:
             yield
@@ -146,9 +165,15 @@ class Gateway:
             ).run()
 
     def authorized(self, request: BaseRequest) -> bool:
-        """Whether the request carries the configured API key (always true without one)."""
-        expected = self._key_file.current() if self._key_file else self.api_key
+        """Whether the request carries a configured API key (always true without one)."""
+        expected = self._key_file.keys() if self._key_file else self.api_key
         return key_accepted(expected, presented_key(request.headers, request.query))
+
+    def principal(self, request: BaseRequest) -> str:
+        """Who the (authorized) request acts for: resumable streams resume only for it."""
+        if self._key_file is None and self.api_key is None:
+            return ""
+        return principal_of(presented_key(request.headers, request.query))
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -160,10 +185,44 @@ class Gateway:
             self.metrics,
             self.authorized(request),
             self.connections,
+            self.resumables,
+            self.principal(request),
+            self.elsewhere(request),
         )
 
+    def sse_streams(self, request: web.Request) -> SseStreams:
+        return SseStreams(
+            self.runner,
+            self.resumables,
+            self.config.body_timeout_s,
+            self.config.client_backlog_events,
+            self.config.resume_tail_events,
+            self.elsewhere(request),
+        )
+
+    def elsewhere(
+        self, request: web.Request
+    ) -> Callable[[str, int], Awaitable[LiveStream | None]] | None:
+        """How a resume this replica cannot serve asks its peers (None: it must not, being a
+        peer's request itself, or there are no peers)."""
+        if self.peers is None or PEER_HEADER in request.headers:
+            return None
+        peers, session = self.peers, self._session
+        assert session is not None
+
+        async def find(stream_id: str, after: int) -> LiveStream | None:
+            return await stream_from_peers(
+                session, peers, stream_id, after, request.headers, request.query
+            )
+
+        return find
+
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        return await generate_handler(self.runner, self.config.body_timeout_s)(request)
+        return await generate_handler(self.sse_streams(request), self.principal(request))(request)
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        handler = stream_events_handler(self.sse_streams(request), self.principal(request))
+        return await handler(request)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         handle = completions_handler(self.runner, "chat", self.catalog, self.config.body_timeout_s)
@@ -200,6 +259,18 @@ class Gateway:
             ],
         )
         return web.json_response(report.model_dump(mode="json"))
+
+    async def streams(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/streams`: the live streams (behind the API key like the other /v1 routes)."""
+        runner = self.runner
+        answer = stream_list(
+            self.config.endpoint,
+            list(runner.live.values()),
+            runner.clock(),
+            backends=len(self.backends.backends),
+            backends_ready=sum(1 for b in self.backends if b.ready),
+        )
+        return web.json_response(text=answer.model_dump_json())
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
@@ -261,11 +332,13 @@ def create_app(
     routes = [
         ("GET", "/v1/ws", gateway.websocket),
         ("POST", "/v1/generate", gateway.generate),
+        ("GET", "/v1/streams/{stream}/events", gateway.stream_events),
         ("POST", "/v1/chat/completions", gateway.chat_completions),
         ("POST", "/v1/completions", gateway.completions),
         ("GET", "/v1/models", gateway.models),
         ("GET", "/v1/models/{model}", gateway.model),
         ("GET", "/v1/load", gateway.load),
+        ("GET", "/v1/streams", gateway.streams),
         ("GET", "/healthz", gateway.healthz),
         ("GET", "/health", gateway.healthz),  # vLLM's name, which guidellm probes
         ("GET", "/readyz", gateway.readyz),

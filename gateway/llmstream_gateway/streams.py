@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import aiohttp
@@ -32,7 +32,7 @@ from llmstream.wire import (
 
 from .activator import Activator, ColdStartTimeoutError, OverloadedError
 from .backends import Backend
-from .metrics import GatewayMetrics, StreamRecord
+from .metrics import GatewayMetrics, Outcome, StreamRecord
 from .metrics import Protocol as Proto
 from .protocol import backend_body
 from .relay import (
@@ -70,11 +70,27 @@ class StreamSink(Protocol):
         """The stream failed; `event.id` is None."""
 
 
+CancelReason = Literal["cancelled", "client_gone", "shutdown", "slow_consumer", "resume_expired"]
+
+
 @dataclass
 class StreamControl:
     """Why the gateway itself cancelled a stream task (None: the client vanished)."""
 
-    cancel_reason: Literal["cancelled", "client_gone", "shutdown"] | None = None
+    cancel_reason: CancelReason | None = None
+    # The client's IP:port, set by the protocol handler (listed by GET /v1/streams).
+    client_address: str | None = None
+    # The stream's live record, set by `StreamRunner.run` as it starts: the layers around the
+    # runner set `record.resumable` and report write stalls there (`record.wrote`).
+    record: StreamRecord | None = None
+
+
+# How a stream the gateway cancelled is counted (the client's own `cancel` is "cancelled").
+OUTCOME_OF_CANCEL: dict[CancelReason | None, Outcome] = {
+    "shutdown": "error",
+    "slow_consumer": "slow_consumer",
+    "resume_expired": "resume_expired",
+}
 
 
 @dataclass
@@ -87,6 +103,7 @@ class StreamRunner:
     clock: Callable[[], float] = time.monotonic
     active: int = 0
     last_activity: float | None = None  # when a stream last started or ended
+    live: dict[str, StreamRecord] = field(default_factory=dict)  # by stream id (GET /v1/streams)
 
     def idle_seconds(self) -> float | None:
         """How long no stream has run here: 0 while one does, None if none ever did.
@@ -118,7 +135,9 @@ class StreamRunner:
             protocol=protocol,
             started=self.clock(),
             client_id=client_id,
+            client_address=control.client_address,
         )
+        control.record = self.live[record.stream_id] = record
         active = self.metrics.active_child[protocol]
         active.inc()
         self.active += 1
@@ -128,7 +147,7 @@ class StreamRunner:
         except asyncio.CancelledError:
             if control.cancel_reason != "cancelled":
                 # A shutdown's `error` frame is sent by the connection, after this returns.
-                record.outcome = "error" if control.cancel_reason == "shutdown" else "client_gone"
+                record.outcome = OUTCOME_OF_CANCEL.get(control.cancel_reason, "client_gone")
                 raise
             current = asyncio.current_task()
             if current is not None:
@@ -140,10 +159,12 @@ class StreamRunner:
         except Exception:
             log.exception("stream %s failed inside the gateway", record.stream_id)
             record.outcome = "error"
+            record.error_code = ErrorCode.INTERNAL
             await self._send_error(sink, ErrorCode.INTERNAL, "internal gateway error")
         finally:
             active.dec()
             self.active -= 1
+            del self.live[record.stream_id]
             record.finished = self.last_activity = self.clock()
             if record.held_warming_since is not None and record.cold_wait_s is None:
                 record.cold_wait_s = record.finished - record.held_warming_since
@@ -154,8 +175,10 @@ class StreamRunner:
         body = backend_body(request)
 
         async def notify(reason: HoldReason, position: int) -> None:
+            now = self.clock()
             if reason == "warming" and record.held_warming_since is None:
-                record.held_warming_since = self.clock()
+                record.held_warming_since = now
+            record.hold(reason, now)
             await sink.queued(reason, position)
 
         avoid: frozenset[str] = frozenset()
@@ -165,6 +188,7 @@ class StreamRunner:
                 slot = await self.activator.acquire(notify, avoid)
             except OverloadedError as exc:
                 record.outcome = "rejected"
+                record.error_code = ErrorCode.OVERLOADED
                 await sink.error(
                     ErrorEvent(
                         code=ErrorCode.OVERLOADED, message=str(exc), retry_after_s=exc.retry_after_s
@@ -173,8 +197,11 @@ class StreamRunner:
                 return
             except ColdStartTimeoutError as exc:
                 record.outcome = "cold_start_timeout"
+                record.error_code = ErrorCode.COLD_START_TIMEOUT
                 await sink.error(ErrorEvent(code=ErrorCode.COLD_START_TIMEOUT, message=str(exc)))
                 return
+            finally:  # however the wait ended: placed, refused, timed out, or cancelled
+                record.unhold(self.clock())
             if record.held_warming_since is not None and record.cold_wait_s is None:
                 record.cold_wait_s = self.clock() - record.held_warming_since
             backend = slot.backend
@@ -204,6 +231,7 @@ class StreamRunner:
                 record.outcome = (
                     "rejected" if decision.give_up.code is ErrorCode.OVERLOADED else "error"
                 )
+                record.error_code = decision.give_up.code
                 await sink.error(decision.give_up)
                 return
             tries = decision.tries
@@ -218,10 +246,12 @@ class StreamRunner:
         self, backend: Backend, body: bytes, sink: StreamSink, record: StreamRecord
     ) -> None:
         """One try on one backend; raises the relay's Backend* errors."""
+        record.backend = backend.url
         try:
             response = await open_stream(self.session, backend.url, body, record.stream_id)
         except BackendRejectedError as exc:
             record.outcome = "error"
+            record.error_code = exc.event.code
             await sink.error(exc.event)
             return
         finished = False
@@ -245,7 +275,7 @@ class StreamRunner:
                         pending.append(event)
                         continue
                     if pending:
-                        await self._send_tokens(sink, pending)
+                        await self._send_tokens(sink, pending, record)
                         pending = []
                     if isinstance(event, DoneEvent):
                         finished = True
@@ -254,10 +284,11 @@ class StreamRunner:
                     if isinstance(event, ErrorEvent):
                         finished = True
                         record.outcome = "error"
+                        record.error_code = event.code
                         await sink.error(event)
                         return
                 if pending:
-                    await self._send_tokens(sink, pending)
+                    await self._send_tokens(sink, pending, record)
             raise BackendBrokenError("disconnect", f"{backend.url} ended the stream without 'done'")
         finally:
             if finished:
@@ -266,8 +297,10 @@ class StreamRunner:
                 # Closing the connection is what cancels the sequence in the engine.
                 response.close()
 
-    @staticmethod
-    async def _send_tokens(sink: StreamSink, tokens: list[Token]) -> None:
+    async def _send_tokens(
+        self, sink: StreamSink, tokens: list[Token], record: StreamRecord
+    ) -> None:
+        started = self.clock()
         first = tokens[0]
         if first.logprobs is not None:  # asked for: every token event of the stream has them
             scored = [s for t in tokens for s in t.logprobs or ()]
@@ -276,31 +309,50 @@ class StreamRunner:
             await sink.token(first.text, first.index)
         else:
             await sink.token("".join(t.text for t in tokens), first.index)
+        record.wrote(self.clock() - started)
 
     async def _finish(self, event: DoneEvent, sink: StreamSink, record: StreamRecord) -> None:
         now = self.clock()
         record.outcome = "completed"
         record.prompt_tokens = event.usage.prompt_tokens
         record.completion_tokens = event.usage.completion_tokens
-        ttft = record.ttft_s
-        timing = Timing(
-            ttft_ms=None if ttft is None else round(ttft * 1000, 3),
+        queue_ms = event.timing.queue_ms
+        if queue_ms is not None:
+            record.engine_queue_s = queue_ms / 1000
+        timing = self._timing(record, now)
+        await self._send_done(sink, event.model_copy(update={"id": None, "timing": timing}), record)
+
+    @staticmethod
+    def _timing(record: StreamRecord, now: float) -> Timing:
+        """The `done` frame's timing: where the stream's time went (waits omitted when zero)."""
+
+        def ms(seconds: float | None, *, zero: bool = False) -> float | None:
+            if seconds is None or (seconds == 0 and not zero):
+                return None
+            return round(seconds * 1000, 3)
+
+        return Timing(
+            ttft_ms=ms(record.ttft_s, zero=True),
             duration_ms=round((now - record.started) * 1000, 3),
+            warming_ms=ms(record.warming_s),
+            capacity_ms=ms(record.capacity_s),
+            queue_ms=ms(record.engine_queue_s, zero=True),  # the engine's word, even 0
+            stall_ms=ms(record.write_stall_s),
         )
-        await sink.done(event.model_copy(update={"id": None, "timing": timing}))
+
+    async def _send_done(self, sink: StreamSink, event: DoneEvent, record: StreamRecord) -> None:
+        started = self.clock()
+        await sink.done(event)
+        record.wrote(self.clock() - started)
 
     async def _send_cancelled(self, sink: StreamSink, record: StreamRecord) -> None:
-        ttft = record.ttft_s
         event = DoneEvent(
             finish_reason="cancelled",
             usage=Usage(prompt_tokens=record.prompt_tokens, completion_tokens=record.token_events),
-            timing=Timing(
-                ttft_ms=None if ttft is None else round(ttft * 1000, 3),
-                duration_ms=round((self.clock() - record.started) * 1000, 3),
-            ),
+            timing=self._timing(record, self.clock()),
         )
         try:
-            await sink.done(event)
+            await self._send_done(sink, event, record)
         except ClientGoneError:
             record.outcome = "client_gone"
 

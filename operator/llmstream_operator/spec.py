@@ -213,6 +213,7 @@ class GatewaySpec(_Spec):
     max_streams_per_connection: Annotated[int, Field(ge=1, le=1024)] = (
         defaults.MAX_STREAMS_PER_CONNECTION
     )
+    resume_window_seconds: Annotated[int, Field(ge=1, le=3600)] = defaults.RESUME_WINDOW_S
 
 
 class EnvVar(_Spec):

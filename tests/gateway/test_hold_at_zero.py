@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from gateway_support import collect, collect_all, wait_for
+from gateway_support import collect, collect_all, unannounced, wait_for
 
 from llmstream.loadreport import LoadReport
 
@@ -30,7 +30,7 @@ async def test_stream_is_queued_while_warming_then_served_when_a_backend_becomes
     gw = await gateway(await_ready=False, backends=(backend.url,), waker=waker)
     async with http.ws_connect(gw.ws_url) as ws:
         await ws.send_json(generate("q1"))
-        queued = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+        queued = unannounced(json.loads((await asyncio.wait_for(ws.receive(), 5)).data))
         assert queued == {"type": "queued", "id": "q1", "reason": "warming", "position": 1}
         assert waker.wakes == 1
         backend.ready = True

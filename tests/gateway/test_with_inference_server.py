@@ -53,6 +53,9 @@ async def test_interleaved_streams_on_one_connection(inference, gateway, http):
         assert stream_frames[-1]["type"] == "done"
         assert stream_frames[-1]["usage"]["completion_tokens"] >= 1
         assert any(f["type"] == "token" for f in stream_frames)
+        # The engine's queue wait, passed on from the inference server's done event.
+        timing = stream_frames[-1]["timing"]
+        assert 0 <= timing["queue_ms"] <= timing["ttft_ms"]
 
 
 async def test_client_disconnect_cancels_the_inference_sequence(inference, gateway, http):

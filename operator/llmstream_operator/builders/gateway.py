@@ -58,6 +58,9 @@ def gateway_env(owner: Owner, spec: LLMEndpointSpec) -> list[Manifest]:
         env("LLMSTREAM_MAX_PENDING_STREAMS", scaling.max_pending_streams),
         env("LLMSTREAM_COLD_START_TIMEOUT", scaling.cold_start_timeout_seconds),
         env("LLMSTREAM_MAX_STREAMS_PER_CONNECTION", spec.gateway.max_streams_per_connection),
+        env("LLMSTREAM_RESUME_WINDOW", spec.gateway.resume_window_seconds),
+        # Its replicas find each other through their Service to resume a stream a peer runs.
+        env("LLMSTREAM_GATEWAY_SERVICE", names.gateway_name(owner.name)),
         env("LLMSTREAM_BACKEND_CAPACITY", engine.max_batch_size + engine.max_waiting),
         env("HOME", names.TMP_MOUNT),
     ]
