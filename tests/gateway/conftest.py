@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,7 @@ from aiohttp import web
 from gateway_support import FakeBackend, RunningGateway, wait_for
 from llmstream_gateway.config import GatewayConfig
 from llmstream_gateway.server import GATEWAY, app_runner, create_app
-from servers import free_port
+from servers import InferenceProcess, free_port, inference_server
 
 BackendFactory = Callable[..., Awaitable[FakeBackend]]
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
@@ -64,3 +65,21 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def inference(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InferenceProcess]:
+    """A real inference server on the tiny random-weight model, per test module. Greedy by
+    default: a sampled answer of the random-weight model is sometimes only whitespace or EOS,
+    and tests compare texts and need visible ones."""
+    with inference_server(
+        tiny_model_dir,
+        "--max-batch-size",
+        "8",
+        "--default-temperature",
+        "0",
+        log_dir=tmp_path_factory.mktemp("inference"),
+    ) as server:
+        yield server

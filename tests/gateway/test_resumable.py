@@ -9,35 +9,18 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from gateway_support import collect, unannounced, wait_for
-from servers import InferenceProcess, inference_server, start_gateway
+from servers import InferenceProcess, start_gateway
 
 from llmstream.wire import ErrorCode
 
 PROMPT = "Once upon a time"
 TOKENS = 48
 CUT_AT = 10
-
-
-@pytest.fixture(scope="module")
-def inference(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InferenceProcess]:
-    with inference_server(
-        tiny_model_dir,
-        "--max-batch-size",
-        "8",
-        "--default-temperature",
-        "0",
-        log_dir=tmp_path_factory.mktemp("inference"),
-    ) as server:
-        yield server
 
 
 def generate(stream_id: str, *, resumable: bool = True, tokens: int = TOKENS) -> dict[str, Any]:

@@ -8,30 +8,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 from gateway_support import collect, collect_all, wait_for, wscat_binary
-from servers import InferenceProcess, free_port, inference_server, start_inference
-
-
-@pytest.fixture(scope="module")
-def inference(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InferenceProcess]:
-    with inference_server(
-        # Greedy by default: a sampled answer of the random-weight model is sometimes only
-        # whitespace or EOS, and the plain-mode (wscat) test needs visible text.
-        tiny_model_dir,
-        "--max-batch-size",
-        "8",
-        "--default-temperature",
-        "0",
-        log_dir=tmp_path_factory.mktemp("inference"),
-    ) as server:
-        yield server
+from servers import free_port, start_inference
 
 
 def long_generate(stream_id: str, tokens: int = 400) -> dict[str, object]:
