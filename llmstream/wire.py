@@ -7,6 +7,7 @@ parameter name is reported instead of silently ignored.
 
 from __future__ import annotations
 
+import secrets
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -169,6 +170,14 @@ class GenerateFrame(GenerateInput):
 
 # The server-issued id of a stream: 128 random bits, URL-safe base64 (22 characters).
 STREAM_ID_BYTES = 16
+
+
+def new_stream_id() -> str:
+    """A fresh server-issued stream id (PROTOCOL.md: the first frame of a stream carries it,
+    and a resume names it)."""
+    return secrets.token_urlsafe(STREAM_ID_BYTES)
+
+
 StreamId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 

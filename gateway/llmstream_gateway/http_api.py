@@ -31,10 +31,11 @@ from llmstream.wire import (
     Logprobs,
     body_timeout_message,
     describe_validation_error,
+    new_stream_id,
 )
 
 from .metrics import Protocol
-from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, new_stream_id
+from .outlet import SLOW_CLOSE_S, LiveStream, Outlet
 from .protocol import (
     announced,
     done_frame,
@@ -264,9 +265,10 @@ def generate_handler(
             return error_response(ErrorCode.INVALID_REQUEST, str(exc))
         protocol: Protocol = "sse"
         if body.stream:
-            control = StreamControl(client_address=client_address(request))
+            stream_id = new_stream_id()
+            control = StreamControl(client_address=client_address(request), stream_id=stream_id)
             live = LiveStream(
-                new_stream_id(),
+                stream_id,
                 "",
                 control,
                 resumable=body.resumable,

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmstream.defaults import RESUME_TAIL_EVENTS
-from llmstream.wire import STREAM_ID_BYTES, DoneEvent, ErrorEvent, HoldReason, Logprobs
+from llmstream.wire import DoneEvent, ErrorEvent, HoldReason, Logprobs
 
 from .streams import ClientGoneError, StreamControl, StreamSink
 
@@ -32,11 +31,6 @@ from .streams import ClientGoneError, StreamControl, StreamSink
 
 # How long a slow consumer's last frame and close may take before its connection is cut.
 SLOW_CLOSE_S = 2.0
-
-
-def new_stream_id() -> str:
-    """A server-issued stream id: 128 random bits, URL-safe (PROTOCOL.md)."""
-    return secrets.token_urlsafe(STREAM_ID_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -28,6 +27,7 @@ from llmstream.wire import (
     Logprobs,
     Timing,
     Usage,
+    new_stream_id,
 )
 
 from .activator import Activator, ColdStartTimeoutError, OverloadedError
@@ -78,6 +78,9 @@ class StreamControl:
     """Why the gateway itself cancelled a stream task (None: the client vanished)."""
 
     cancel_reason: CancelReason | None = None
+    # The server's id for the stream, when the protocol layer issued it already (the one its
+    # first frame announces); else the runner issues one.
+    stream_id: str | None = None
     # The client's IP:port, set by the protocol handler (listed by GET /v1/streams).
     client_address: str | None = None
     # The stream's live record, set by `StreamRunner.run` as it starts: the layers around the
@@ -131,7 +134,7 @@ class StreamRunner:
         finish_reason `cancelled`; any other cancellation propagates after it is recorded."""
         control = control or StreamControl()
         record = StreamRecord(
-            stream_id=uuid.uuid4().hex[:16],
+            stream_id=control.stream_id or new_stream_id(),
             protocol=protocol,
             started=self.clock(),
             client_id=client_id,

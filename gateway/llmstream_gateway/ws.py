@@ -26,12 +26,13 @@ from llmstream.wire import (
     HoldReason,
     Logprobs,
     ResumeFrame,
+    new_stream_id,
 )
 
 from .config import GatewayConfig
 from .http_api import error_response
 from .metrics import GatewayMetrics
-from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, new_stream_id
+from .outlet import SLOW_CLOSE_S, LiveStream, Outlet
 from .protocol import (
     PLAIN_DONE,
     FrameError,
@@ -216,9 +217,10 @@ class WsConnection:
         sink: PlainSink | None,
         resumable: bool,
     ) -> None:
-        control = StreamControl(client_address=self.address)
+        stream_id = new_stream_id()
+        control = StreamControl(client_address=self.address, stream_id=stream_id)
         live = LiveStream(
-            new_stream_id(),
+            stream_id,
             client_id,
             control,
             resumable=resumable,

@@ -77,7 +77,9 @@ def test_kubectl_get_llmep_shows_the_printer_columns(
 ) -> None:
     assert create(api, namespace, endpoint("qa", {"model": {"source": SOURCE}})).status_code == 201
     status = {
-        "phase": "Ready",
+        "phase": "Degraded",
+        "reason": "ImagePullBackOff",
+        "message": "inference pod qa-inference-x: image 'x' cannot be pulled",
         "readyReplicas": 1,
         "desiredReplicas": 2,
         "activeStreams": 3,
@@ -91,13 +93,16 @@ def test_kubectl_get_llmep_shows_the_printer_columns(
     assert patched.status_code == 200, patched.text
 
     header, row = control_plane.kubectl("get", "llmep", "-n", namespace).stdout.splitlines()
-    assert header.split() == ["NAME", "MODEL", "PHASE", "READY", "DESIRED", "STREAMS", "AGE"]
-    assert row.split()[:6] == ["qa", SOURCE, "Ready", "1", "2", "3"]
+    assert header.split() == [
+        "NAME", "MODEL", "PHASE", "REASON", "READY", "DESIRED", "STREAMS", "AGE"
+    ]  # fmt: skip
+    assert row.split()[:7] == ["qa", SOURCE, "Degraded", "ImagePullBackOff", "1", "2", "3"]
 
     wide = control_plane.kubectl("get", "llmep", "-n", namespace, "-o", "wide").stdout
     header, row = wide.splitlines()
-    assert header.split()[6] == "URL"
-    assert row.split()[6] == status["url"]
+    assert header.split()[7:9] == ["URL", "MESSAGE"]
+    assert row.split()[7] == status["url"]
+    assert status["message"] in row
 
 
 # (case id, metadata.name, spec, the field the message must name, what it must say)

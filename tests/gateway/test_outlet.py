@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from llmstream_gateway.outlet import LiveStream, Outlet, new_stream_id
+from llmstream_gateway.outlet import LiveStream, Outlet
 from llmstream_gateway.protocol import (
     FrameError,
     announced,
@@ -17,7 +17,16 @@ from llmstream_gateway.protocol import (
 from llmstream_gateway.resumable import Resumables, principal_of
 from llmstream_gateway.streams import ClientGoneError, StreamControl
 
-from llmstream.wire import DoneEvent, ErrorEvent, HoldReason, Logprobs, ResumeFrame, Timing, Usage
+from llmstream.wire import (
+    DoneEvent,
+    ErrorEvent,
+    HoldReason,
+    Logprobs,
+    ResumeFrame,
+    Timing,
+    Usage,
+    new_stream_id,
+)
 
 DONE = DoneEvent(
     finish_reason="length",
