@@ -25,3 +25,5 @@ MAX_STREAMS_PER_CONNECTION: Final = 8
 RESUME_WINDOW_S: Final = 30
 RESUME_TAIL_EVENTS: Final = 4096
 CLIENT_BACKLOG_EVENTS: Final = 512
+# ... or how long one write to it may stay stuck (its socket full: it stopped reading).
+CLIENT_STALL_LIMIT_S: Final = 10.0

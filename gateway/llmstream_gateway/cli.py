@@ -247,6 +247,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.CLIENT_BACKLOG_EVENTS,
         help="events a client may fall behind on a stream before it is a slow consumer",
     )
+    add_env_argument(
+        parser,
+        "--client-stall-limit",
+        type=_positive_float,
+        default=defaults.CLIENT_STALL_LIMIT_S,
+        help="seconds one write to a client may stay stuck (it stopped reading) before it is a "
+        "slow consumer",
+    )
     parser.add_argument(
         "--peer",
         action="append",
@@ -336,6 +344,7 @@ def _serve(args: argparse.Namespace) -> int:
             resume_window_s=args.resume_window,
             resume_tail_events=args.resume_tail_events,
             client_backlog_events=args.client_backlog_events,
+            client_stall_limit_s=args.client_stall_limit,
             peers=tuple(args.peers or _split_list(os.environ.get("LLMSTREAM_PEERS", ""))),
             gateway_service=args.gateway_service,
         )

@@ -73,6 +73,8 @@ class GatewayConfig(BaseModel):
     resume_tail_events: Annotated[int, Field(ge=1)] = defaults.RESUME_TAIL_EVENTS
     # Events a client may fall behind on a stream before it counts as a slow consumer.
     client_backlog_events: Annotated[int, Field(ge=1)] = defaults.CLIENT_BACKLOG_EVENTS
+    # ... or how long one write to it may stay stuck before it does.
+    client_stall_limit_s: Annotated[float, Field(gt=0)] = defaults.CLIENT_STALL_LIMIT_S
     # Other replicas of this gateway, asked for a stream a resume names that is not here;
     # with kubernetes discovery they are found from the gateway's own Service when empty.
     peers: tuple[str, ...] = ()

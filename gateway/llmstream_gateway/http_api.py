@@ -244,6 +244,7 @@ class SseStreams:
     body_timeout_s: float
     backlog_events: int
     tail_events: int
+    stall_limit_s: float
     # Finds a stream this replica does not hold on its peers (None: no peers, or a peer asked).
     elsewhere: Callable[[str, int], Awaitable[LiveStream | None]] | None = None
 
@@ -344,7 +345,9 @@ async def follow(
     resume, any other is cancelled)."""
     sink = SseSink(request, live.stream_id, live.client_id or None)
     slow = asyncio.Event()
-    outlet = Outlet(sink, streams.backlog_events, slow.set, lambda: None)
+    outlet = Outlet(
+        sink, streams.backlog_events, slow.set, lambda: None, stall_limit_s=streams.stall_limit_s
+    )
     live.attach(outlet, after)
     slow_wait = asyncio.create_task(slow.wait())
     waits: set[asyncio.Future[Any]] = {outlet.task, slow_wait}

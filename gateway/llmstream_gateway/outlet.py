@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmstream.defaults import RESUME_TAIL_EVENTS
+from llmstream.defaults import CLIENT_STALL_LIMIT_S, RESUME_TAIL_EVENTS
 from llmstream.wire import DoneEvent, ErrorEvent, HoldReason, Logprobs
 
 from .streams import ClientGoneError, StreamControl, StreamSink
@@ -64,10 +64,12 @@ async def deliver(sink: StreamSink, item: Item) -> None:
 class Outlet:
     """One client's view of one stream: events queue here and a task writes them in order.
 
-    `offer` never waits. Past `limit` queued events it refuses and calls `on_slow` once; the
-    events of a replay (a resume), queued first, are not counted against the limit. `on_gone`
-    is called when the sink reports the client gone. Closing stops the writer; what was not
-    written is dropped (the stream's tail still has it when the stream is resumable).
+    `offer` never waits. Past `limit` queued events, or while one write has been stuck for
+    more than `stall_limit_s` (the client's socket is full: it stopped reading), it refuses and
+    calls `on_slow` once; the events of a replay (a resume), queued first, are not counted
+    against the limit. `on_gone` is called when the sink reports the client gone. Closing
+    stops the writer; what was not written is dropped (the stream's tail still has it when
+    the stream is resumable).
     """
 
     def __init__(
@@ -77,8 +79,11 @@ class Outlet:
         on_slow: Callable[[], None],
         on_gone: Callable[[], None],
         on_wrote: Callable[[float], None] | None = None,
+        stall_limit_s: float = CLIENT_STALL_LIMIT_S,
     ) -> None:
         self.sink = sink
+        self.stall_limit_s = stall_limit_s
+        self.writing_since: float | None = None  # when the write under way began
         self.on_wrote = on_wrote  # seconds each write took (write stalls, metrics.py)
         self.limit = limit
         self.on_slow = on_slow
@@ -95,7 +100,13 @@ class Outlet:
         """Queue `item`; False when closed or when the client is too far behind."""
         if self.closed:
             return False
-        if not replay and len(self.items) - self.replaying >= self.limit:
+        if not replay and (
+            len(self.items) - self.replaying >= self.limit
+            or (
+                self.writing_since is not None
+                and time.monotonic() - self.writing_since > self.stall_limit_s
+            )
+        ):
             if not self.slow:
                 self.slow = True
                 self.on_slow()
@@ -117,8 +128,9 @@ class Outlet:
                     self.wake.clear()
                     await self.wake.wait()
                 item = self.items.popleft()
-                began = time.monotonic()
+                began = self.writing_since = time.monotonic()
                 await deliver(self.sink, item)
+                self.writing_since = None
                 if self.on_wrote is not None:
                     self.on_wrote(time.monotonic() - began)
                 if self.replaying:

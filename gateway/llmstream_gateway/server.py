@@ -197,6 +197,7 @@ class Gateway:
             self.config.body_timeout_s,
             self.config.client_backlog_events,
             self.config.resume_tail_events,
+            self.config.client_stall_limit_s,
             self.elsewhere(request),
         )
 

@@ -237,7 +237,13 @@ class WsConnection:
         task.add_done_callback(lambda _: self._task_done(live))
 
     def _attach(self, live: LiveStream, sink: JsonSink | PlainSink, after: int = -1) -> None:
-        outlet = Outlet(sink, self.config.client_backlog_events, self._slow_consumer, lambda: None)
+        outlet = Outlet(
+            sink,
+            self.config.client_backlog_events,
+            self._slow_consumer,
+            lambda: None,
+            stall_limit_s=self.config.client_stall_limit_s,
+        )
         outlet.task.add_done_callback(lambda _: self._outlet_done(live, outlet))
         live.attach(outlet, after)
         self.streams[live.client_id] = live

@@ -213,3 +213,20 @@ def test_the_first_frame_announces_the_stream() -> None:
     assert announced('{"type":"token","id":"q1"}', "S1") == (
         '{"stream":"S1","type":"token","id":"q1"}'
     )
+
+
+async def test_a_write_stuck_past_the_stall_limit_makes_the_client_slow() -> None:
+    sink = Recorder()
+    sink.gate.clear()  # the first write never completes: the socket is full
+    calls: list[str] = []
+    out = Outlet(sink, 1000, lambda: calls.append("slow"), lambda: None, stall_limit_s=0.05)
+    live = LiveStream("s", "q1", StreamControl())
+    live.attach(out)
+    await live.token("a", 0)
+    await asyncio.sleep(0.01)  # the writer is now stuck on it
+    await live.token("b", 1)
+    assert calls == []  # not yet past the limit
+    await asyncio.sleep(0.1)
+    await live.token("c", 2)
+    assert calls == ["slow"]
+    out.close()
