@@ -27,3 +27,7 @@ RESUME_TAIL_EVENTS: Final = 4096
 CLIENT_BACKLOG_EVENTS: Final = 512
 # ... or how long one write to it may stay stuck (its socket full: it stopped reading).
 CLIENT_STALL_LIMIT_S: Final = 10.0
+# The kernel's send buffer of a client connection, set by the gateway: left to autotune, Linux
+# lets one client that stopped reading hold 4 MB there before any write waits (the kernel
+# doubles what is asked). Ample for token streams: 128 KiB per round trip.
+CLIENT_SEND_BUFFER_BYTES: Final = 128 * 1024

@@ -255,6 +255,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds one write to a client may stay stuck (it stopped reading) before it is a "
         "slow consumer",
     )
+    add_env_argument(
+        parser,
+        "--client-send-buffer",
+        type=int,
+        default=defaults.CLIENT_SEND_BUFFER_BYTES,
+        help="bytes of kernel send buffer per streaming client connection (0: the kernel's "
+        "autotuning, which lets a client that stopped reading hold megabytes)",
+    )
     parser.add_argument(
         "--peer",
         action="append",
@@ -345,6 +353,7 @@ def _serve(args: argparse.Namespace) -> int:
             resume_tail_events=args.resume_tail_events,
             client_backlog_events=args.client_backlog_events,
             client_stall_limit_s=args.client_stall_limit,
+            client_send_buffer_bytes=args.client_send_buffer,
             peers=tuple(args.peers or _split_list(os.environ.get("LLMSTREAM_PEERS", ""))),
             gateway_service=args.gateway_service,
         )

@@ -75,6 +75,7 @@ class GatewayConfig(BaseModel):
     client_backlog_events: Annotated[int, Field(ge=1)] = defaults.CLIENT_BACKLOG_EVENTS
     # ... or how long one write to it may stay stuck before it does.
     client_stall_limit_s: Annotated[float, Field(gt=0)] = defaults.CLIENT_STALL_LIMIT_S
+    client_send_buffer_bytes: Annotated[int, Field(ge=0)] = defaults.CLIENT_SEND_BUFFER_BYTES
     # Other replicas of this gateway, asked for a stream a resume names that is not here;
     # with kubernetes discovery they are found from the gateway's own Service when empty.
     peers: tuple[str, ...] = ()

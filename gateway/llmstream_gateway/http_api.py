@@ -35,7 +35,7 @@ from llmstream.wire import (
 )
 
 from .metrics import Protocol
-from .outlet import SLOW_CLOSE_S, LiveStream, Outlet
+from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, bound_send_buffer
 from .protocol import (
     announced,
     done_frame,
@@ -245,6 +245,7 @@ class SseStreams:
     backlog_events: int
     tail_events: int
     stall_limit_s: float
+    send_buffer_bytes: int
     # Finds a stream this replica does not hold on its peers (None: no peers, or a peer asked).
     elsewhere: Callable[[str, int], Awaitable[LiveStream | None]] | None = None
 
@@ -344,6 +345,7 @@ async def follow(
     leaves, or reads too slowly; then let go of the stream (a resumable one waits for a
     resume, any other is cancelled)."""
     sink = SseSink(request, live.stream_id, live.client_id or None)
+    bound_send_buffer(request.transport, streams.send_buffer_bytes)
     slow = asyncio.Event()
     outlet = Outlet(
         sink, streams.backlog_events, slow.set, lambda: None, stall_limit_s=streams.stall_limit_s

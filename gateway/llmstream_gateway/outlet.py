@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,15 @@ class QueuedItem:
 
 
 Item = TokenItem | QueuedItem | DoneEvent | ErrorEvent
+
+
+def bound_send_buffer(transport: asyncio.BaseTransport | None, size: int) -> None:
+    """Cap the kernel's send buffer of a client's socket (0: leave it to the kernel), so a
+    client that stops reading makes the gateway's writes wait soon, not after megabytes."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if size > 0 and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 async def deliver(sink: StreamSink, item: Item) -> None:

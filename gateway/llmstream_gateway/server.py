@@ -198,6 +198,7 @@ class Gateway:
             self.config.client_backlog_events,
             self.config.resume_tail_events,
             self.config.client_stall_limit_s,
+            self.config.client_send_buffer_bytes,
             self.elsewhere(request),
         )
 

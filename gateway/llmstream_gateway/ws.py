@@ -32,7 +32,7 @@ from llmstream.wire import (
 from .config import GatewayConfig
 from .http_api import error_response
 from .metrics import GatewayMetrics
-from .outlet import SLOW_CLOSE_S, LiveStream, Outlet
+from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, bound_send_buffer
 from .protocol import (
     PLAIN_DONE,
     FrameError,
@@ -444,6 +444,7 @@ async def serve_websocket(
         await ws.send_str(error_frame(None, ErrorCode.UNAUTHORIZED, "missing or wrong API key"))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
+    bound_send_buffer(request.transport, config.client_send_buffer_bytes)
     connection = WsConnection(
         ws,
         runner,
