@@ -27,6 +27,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from typing import Any
 from benchmarks.stack import Stack, get_json
 
 TARGET_RATIO = 1.2
+NON_READER_ID = "never-read"
+NON_READER_WAIT_S = 180.0
 NON_READER_TOKENS = 1024
 NON_READER_RCVBUF = 4096
 
@@ -46,16 +49,27 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def slow_consumer_total(gateway_url: str) -> float:
-    """Streams the gateway ended as slow consumers so far (its /metrics)."""
-    import urllib.request
+ENDINGS = ("slow_consumer", "client_gone")  # how the gateway may let go of the non-reader
 
+
+def outcome_totals(gateway_url: str) -> dict[str, float]:
+    """Streams the gateway ended as slow consumers, or with their client gone (a WebSocket
+    that answers no ping is dropped after the heartbeat), so far (its /metrics)."""
     with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=5) as answer:
         text = answer.read().decode()
-    pattern = re.compile(
-        r'^llmstream_gateway_streams_total\{[^}]*outcome="slow_consumer"[^}]*\} (\S+)', re.M
-    )
-    return sum(float(v) for v in pattern.findall(text))
+    totals = {}
+    for outcome in ENDINGS:
+        pattern = re.compile(
+            rf'^llmstream_gateway_streams_total\{{[^}}]*outcome="{outcome}"[^}}]*\}} (\S+)', re.M
+        )
+        totals[outcome] = sum(float(v) for v in pattern.findall(text))
+    return totals
+
+
+def non_reader_running(gateway_url: str) -> bool:
+    """Whether the gateway still runs the non-reader's stream (GET /v1/streams)."""
+    rows = get_json(f"{gateway_url}/v1/streams", timeout_s=5)["streams"]
+    return any(row.get("client_id") == NON_READER_ID for row in rows)
 
 
 class MemorySampler(threading.Thread):
@@ -86,7 +100,7 @@ def non_reader(gateway_url: str) -> socket.socket:
     )
     frame = {
         "type": "generate",
-        "id": "never-read",
+        "id": NON_READER_ID,
         "prompt": "Write a very long story about the sea.",
         "params": {"max_new_tokens": NON_READER_TOKENS, "ignore_eos": True, "logprobs": 20},
     }
@@ -131,7 +145,7 @@ class Run:
     tokens: int = 0
     wall_s: float = 0.0
     gateway_peak_rss_mb: float = 0.0
-    slow_consumers_ended: float = 0.0
+    non_reader_outcome: str | None = None
     non_reader_cut_after_s: float | None = None
 
     @property
@@ -154,7 +168,7 @@ def measure(stack: Stack, side: str, round_: int, streams: int, tokens: int) -> 
     run = Run(side, round_)
     sampler = MemorySampler(stack.gateway.pid)
     sampler.start()
-    before = slow_consumer_total(stack.gateway_url)
+    before = outcome_totals(stack.gateway_url)
     sock = non_reader(stack.gateway_url) if side == "with_non_reader" else None
     started = time.monotonic()
 
@@ -169,20 +183,20 @@ def measure(stack: Stack, side: str, round_: int, streams: int, tokens: int) -> 
         arrivals = asyncio.run(clients())
         run.wall_s = time.monotonic() - started
         if sock is not None:
-            deadline = time.monotonic() + 120
-            while slow_consumer_total(stack.gateway_url) <= before:
-                if time.monotonic() > deadline:
-                    break
+            deadline = time.monotonic() + NON_READER_WAIT_S
+            while non_reader_running(stack.gateway_url) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            else:
+            if not non_reader_running(stack.gateway_url):
                 run.non_reader_cut_after_s = round(time.monotonic() - started, 2)
+                after = outcome_totals(stack.gateway_url)
+                ended = [o for o in ENDINGS if after[o] > before[o]]
+                run.non_reader_outcome = ",".join(ended) or "other"
     finally:
         if sock is not None:
             sock.close()
         sampler.done.set()
         sampler.join()
     run.gateway_peak_rss_mb = round(sampler.peak, 1)
-    run.slow_consumers_ended = slow_consumer_total(stack.gateway_url) - before
     for times in arrivals:
         run.tokens += len(times)
         run.gaps_ms += [(b - a) * 1000 for a, b in itertools.pairwise(times)]
@@ -211,7 +225,8 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "meets_target": p95_with / p95_alone <= TARGET_RATIO,
         "gateway_peak_rss_mb_alone": max(r.gateway_peak_rss_mb for r in alone),
         "gateway_peak_rss_mb_with_non_reader": max(r.gateway_peak_rss_mb for r in contended),
-        "non_readers_cut_off": sum(r.slow_consumers_ended for r in contended),
+        "non_readers_cut_off": sum(r.non_reader_cut_after_s is not None for r in contended),
+        "non_reader_outcomes": [r.non_reader_outcome for r in contended],
         "non_reader_runs": len(contended),
         "non_reader_cut_after_s_median": statistics.median(cut) if cut else None,
     }
@@ -286,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"p95 {run.itl_p95_ms:.1f} ms, {run.tokens} tokens in {run.wall_s:.1f} s, "
                     f"gateway peak RSS {run.gateway_peak_rss_mb} MB"
                     + (
-                        f", non-reader cut after {run.non_reader_cut_after_s} s"
+                        f", non-reader cut after {run.non_reader_cut_after_s} s "
+                        f"({run.non_reader_outcome})"
                         if side == "with_non_reader"
                         else ""
                     ),
