@@ -195,6 +195,7 @@ class LiveStream:
         # resumed whole any more): the registry cancels it.
         self.on_unresumable: Callable[[LiveStream], None] | None = None
         self._unnoted = True  # the record has not been told yet
+        self.owner: object | None = None  # the connection it goes to (ws.py)
 
     # --- StreamSink (called by the runner; never waits on a client) ------------------------
 

@@ -234,7 +234,7 @@ class WsConnection:
         live.task = task
         if resumable:
             self.resumables.add(live)
-        task.add_done_callback(lambda _: self._task_done(live))
+        task.add_done_callback(lambda _: _tell_owner(live))
 
     def _attach(self, live: LiveStream, sink: JsonSink | PlainSink, after: int = -1) -> None:
         outlet = Outlet(
@@ -245,11 +245,17 @@ class WsConnection:
             stall_limit_s=self.config.client_stall_limit_s,
         )
         outlet.task.add_done_callback(lambda _: self._outlet_done(live, outlet))
+        previous = live.owner
+        # Resumed here while its old connection has not noticed it is gone yet: it lets go.
+        if isinstance(previous, WsConnection) and previous._owns(live) and previous is not self:
+            del previous.streams[live.client_id]
         live.attach(outlet, after)
+        live.owner = self
         self.streams[live.client_id] = live
 
     def _owns(self, live: LiveStream) -> bool:
-        return self.streams.get(live.client_id) is live
+        """Whether this connection is where `live` goes now (a resume elsewhere takes it)."""
+        return live.owner is self and self.streams.get(live.client_id) is live
 
     def _outlet_done(self, live: LiveStream, outlet: Outlet) -> None:
         if outlet.delivered_end and self._owns(live) and live.outlet is outlet:
@@ -280,7 +286,7 @@ class WsConnection:
                     return
                 self._attach(relayed, JsonSink(self.ws, relayed.client_id, relayed.stream_id))
                 assert relayed.task is not None
-                relayed.task.add_done_callback(lambda _: self._task_done(relayed))
+                relayed.task.add_done_callback(lambda _: _tell_owner(relayed))
                 return
         if live is None:
             await self._send(
@@ -385,6 +391,12 @@ class WsConnection:
         # A failed send needs no handling: the read loop sees the closed connection next.
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_str(text)
+
+
+def _tell_owner(live: LiveStream) -> None:
+    """A stream's task ended: the connection it goes to now lets go of it."""
+    if isinstance(live.owner, WsConnection):
+        live.owner._task_done(live)
 
 
 SHUTTING_DOWN = (

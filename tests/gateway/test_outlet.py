@@ -230,3 +230,29 @@ async def test_a_write_stuck_past_the_stall_limit_makes_the_client_slow() -> Non
     await live.token("c", 2)
     assert calls == ["slow"]
     out.close()
+
+
+async def test_a_resume_while_the_old_connection_is_still_open_takes_the_stream_over(
+    fake_backend: Any, gateway: Any, http: Any
+) -> None:
+    """A phone switches networks: the new connection resumes before the old one is known to
+    be dead. The stream moves; the old connection closing later must not touch it."""
+    import json
+
+    tokens = [f" t{i}" for i in range(40)]
+    backend = await fake_backend(tokens=tokens, delay_s=0.05)
+    gw = await gateway(backends=(backend.url,))
+    old = await http.ws_connect(gw.ws_url)
+    await old.send_json({"type": "generate", "id": "q1", "prompt": "hi", "resumable": True})
+    first = json.loads((await asyncio.wait_for(old.receive(), 10)).data)
+    stream = first["stream"]
+    async with http.ws_connect(gw.ws_url) as new:
+        await new.send_json({"type": "resume", "stream": stream, "after": first["index"]})
+        await asyncio.sleep(0.2)
+        await old.close()  # the old connection's end is noticed only now
+        frames = []
+        while not frames or frames[-1]["type"] not in ("done", "error"):
+            frames.append(json.loads((await asyncio.wait_for(new.receive(), 10)).data))
+    assert frames[-1]["type"] == "done", frames
+    got = [first["text"], *(f["text"] for f in frames if f["type"] == "token")]
+    assert "".join(got) == "".join(tokens)
