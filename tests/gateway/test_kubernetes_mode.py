@@ -173,3 +173,18 @@ async def test_a_held_stream_wakes_the_endpoint_and_runs_once_a_pod_is_ready(
         assert api_server.patches[0][0] == "chat-wake"
     finally:
         await runner.cleanup()
+
+
+async def test_peers_are_the_ready_pods_of_the_gateways_own_service(api_server):
+    """A resume this replica cannot serve asks its peers: the ready endpoints of its own
+    Service, listed from the EndpointSlices when needed."""
+    from llmstream_gateway.peers import kubernetes_peers
+
+    ready = endpoint_slice("g1", "10.2.0.7", 8080, ready=True)
+    starting = endpoint_slice("g2", "10.2.0.8", 8080, ready=False)
+    for item in (ready, starting):
+        item["metadata"]["labels"]["kubernetes.io/service-name"] = "chat-gateway"
+    api_server.slices = [ready, starting]
+    peers = kubernetes_peers(api_server.configuration(), "ml", "chat-gateway", "http")
+    assert await peers() == ["http://10.2.0.7:8080"]
+    assert api_server.selectors == ["kubernetes.io/service-name=chat-gateway"]
