@@ -13,8 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-py=.venv/bin/python
-out=bench-results/gpu-check
+# GPU_CHECK_PYTHON: the interpreter (default: the project's venv); GPU_CHECK_OUT: the results.
+py=${GPU_CHECK_PYTHON:-.venv/bin/python}
+out=${GPU_CHECK_OUT:-bench-results/gpu-check}
 read -r -a levels <<<"${GPU_CHECK_LEVELS:-1 8 32}"
 tests_limit=150 # seconds for the CUDA tests
 bench_limit=270 # seconds for the benchmark; with the checks, under 8 minutes in all
@@ -27,7 +28,7 @@ fail() {
     exit 1
 }
 
-[ -x "$py" ] || fail "no virtual environment at .venv: run \`make install\` first"
+command -v "$py" >/dev/null || fail "no Python at $py: run \`make install\` first"
 
 # torch's own answer, so CUDA_VISIBLE_DEVICES, the driver and a CPU-only torch build all count.
 rc=0
@@ -69,7 +70,7 @@ echo ">> gpu-check on $gpus"
 
 echo ">> CUDA tests (at most ${tests_limit}s)"
 tests_rc=0
-timeout -k 10 "$tests_limit" .venv/bin/pytest tests/inference/test_cuda.py -v -rs \
+timeout -k 10 "$tests_limit" "$py" -m pytest tests/inference/test_cuda.py -v -rs \
     -p no:cacheprovider --junitxml="$out/junit.xml" 2>&1 | tee "$out/pytest.log" ||
     tests_rc=$?
 
