@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 import pytest
 import yaml
+from gateway_support import unannounced
 from servers import InferenceProcess, free_port, inference_server
 from testsupport import CLUSTER_ROLE, GROUP_PATH, poll_until
 from websockets.sync.client import ClientConnection, connect
@@ -376,7 +377,7 @@ def test_a_stream_held_at_zero_wakes_the_endpoint_and_completes_on_the_discovere
     with connect(gateway.ws_url, open_timeout=10) as ws:
         sent, sent_wall = time.monotonic(), time.time()
         generate(ws, "q1", max_new_tokens=16)
-        queued = json.loads(ws.recv(timeout=10))
+        queued = unannounced(json.loads(ws.recv(timeout=10)))
         assert queued == {"type": "queued", "id": "q1", "reason": "warming", "position": 1}
 
         def wake_requested() -> float | None:
