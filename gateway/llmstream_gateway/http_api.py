@@ -35,7 +35,7 @@ from llmstream.wire import (
 )
 
 from .metrics import Protocol
-from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, bound_send_buffer
+from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, bound_send_buffer, socket_ready
 from .protocol import (
     announced,
     done_frame,
@@ -348,7 +348,12 @@ async def follow(
     bound_send_buffer(request.transport, streams.send_buffer_bytes)
     slow = asyncio.Event()
     outlet = Outlet(
-        sink, streams.backlog_events, slow.set, lambda: None, stall_limit_s=streams.stall_limit_s
+        sink,
+        streams.backlog_events,
+        slow.set,
+        lambda: None,
+        stall_limit_s=streams.stall_limit_s,
+        ready=socket_ready(request.transport),
     )
     live.attach(outlet, after)
     slow_wait = asyncio.create_task(slow.wait())

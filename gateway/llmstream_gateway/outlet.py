@@ -50,6 +50,19 @@ class QueuedItem:
 Item = TokenItem | QueuedItem | DoneEvent | ErrorEvent
 
 
+# A socket whose transport holds less than this takes a write at once (aiohttp waits only past
+# its 64 KiB high-water mark).
+INLINE_WRITE_BYTES = 16 * 1024
+
+
+def socket_ready(transport: asyncio.BaseTransport | None) -> Callable[[], bool] | None:
+    """For `Outlet(ready=…)`: whether `transport` can take a write without waiting."""
+    if not isinstance(transport, asyncio.WriteTransport):
+        return None
+    writer = transport
+    return lambda: writer.get_write_buffer_size() < INLINE_WRITE_BYTES and not writer.is_closing()
+
+
 def bound_send_buffer(transport: asyncio.BaseTransport | None, size: int) -> None:
     """Cap the kernel's send buffer of a client's socket (0: leave it to the kernel), so a
     client that stops reading makes the gateway's writes wait soon, not after megabytes."""
@@ -90,6 +103,7 @@ class Outlet:
         on_gone: Callable[[], None],
         on_wrote: Callable[[float], None] | None = None,
         stall_limit_s: float = CLIENT_STALL_LIMIT_S,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.sink = sink
         self.stall_limit_s = stall_limit_s
@@ -104,7 +118,40 @@ class Outlet:
         self.slow = False
         self.delivered_end = False
         self.replaying = 0  # replayed events still queued (they come first)
+        # Whether the socket takes a write now without waiting: then `push` writes in place.
+        self.ready = ready
+        self.gone = False
         self.task = asyncio.get_running_loop().create_task(self._write())
+
+    async def push(self, item: Item) -> None:
+        """Hand `item` on without waiting on the client: written in place when nothing is
+        queued and the socket has room (the usual case, and no task switch per token), else
+        queued for the writer task (`offer`)."""
+        if (
+            self.items
+            or self.writing_since is not None
+            or self.closed
+            or self.ready is None
+            or not self.ready()
+        ):
+            self.offer(item)
+            return
+        began = self.writing_since = time.monotonic()
+        try:
+            await deliver(self.sink, item)
+        except ClientGoneError:
+            self.writing_since = None
+            self.gone = True
+            self.wake.set()  # the writer task ends, as when it meets a gone client itself
+            if not self.closed:
+                self.on_gone()
+            return
+        self.writing_since = None
+        if self.on_wrote is not None:
+            self.on_wrote(time.monotonic() - began)
+        if isinstance(item, DoneEvent | ErrorEvent):
+            self.delivered_end = True
+            self.wake.set()
 
     def offer(self, item: Item, *, replay: bool = False) -> bool:
         """Queue `item`; False when closed or when the client is too far behind."""
@@ -135,6 +182,8 @@ class Outlet:
         try:
             while True:
                 while not self.items:
+                    if self.delivered_end or self.gone:
+                        return  # `push` wrote the end in place, or met a gone client
                     self.wake.clear()
                     await self.wake.wait()
                 item = self.items.popleft()
@@ -202,7 +251,7 @@ class LiveStream:
     async def queued(self, reason: HoldReason, position: int) -> None:
         self._note_record()
         self.last_queued = QueuedItem(reason, position)
-        self._emit(self.last_queued)
+        await self._emit(self.last_queued)
 
     async def token(self, text: str, index: int, logprobs: Logprobs | None = None) -> None:
         item = TokenItem(text, index, logprobs)
@@ -210,15 +259,15 @@ class LiveStream:
             self._keep(item)
         if self._unnoted:
             self._note_record()
-        self._emit(item)
+        await self._emit(item)
 
     async def done(self, event: DoneEvent) -> None:
         self.end = event
-        self._emit(event)
+        await self._emit(event)
 
     async def error(self, event: ErrorEvent) -> None:
         self.end = event
-        self._emit(event)
+        await self._emit(event)
 
     def _note_record(self) -> None:
         """Tell the stream's record (GET /v1/streams, metrics) what only this layer knows:
@@ -245,9 +294,9 @@ class LiveStream:
         if self.outlet is None and self.on_unresumable is not None:
             self.on_unresumable(self)
 
-    def _emit(self, item: Item) -> None:
+    async def _emit(self, item: Item) -> None:
         if self.outlet is not None:
-            self.outlet.offer(item)
+            await self.outlet.push(item)
 
     def attach(self, outlet: Outlet, after: int = -1) -> None:
         """Give `outlet` every kept token event with index > `after`, then the end if the

@@ -32,7 +32,7 @@ from llmstream.wire import (
 from .config import GatewayConfig
 from .http_api import error_response
 from .metrics import GatewayMetrics
-from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, bound_send_buffer
+from .outlet import SLOW_CLOSE_S, LiveStream, Outlet, bound_send_buffer, socket_ready
 from .protocol import (
     PLAIN_DONE,
     FrameError,
@@ -243,6 +243,7 @@ class WsConnection:
             self._slow_consumer,
             lambda: None,
             stall_limit_s=self.config.client_stall_limit_s,
+            ready=socket_ready(self.transport),
         )
         outlet.task.add_done_callback(lambda _: self._outlet_done(live, outlet))
         previous = live.owner
