@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import Stack, cpu_seconds
+from benchmarks.stack import Stack, cpu_seconds, stop_on_sigterm
 
 PROTOCOLS = ("ws", "sse", "rest")
 LEVELS = (1, 8, 32)
@@ -404,17 +403,12 @@ def _title(report: dict[str, Any]) -> str:
     )
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM stops a run like Ctrl-C: the finally clause stops the servers."""
-    raise KeyboardInterrupt
-
-
 def run_benchmark(args: argparse.Namespace) -> int:
     """Start the servers, run every protocol at every level for every round, write JSON + PNG,
     print the table."""
     from llmstream_inference.models.default import pull_default
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "protocols-logs"

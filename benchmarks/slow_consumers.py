@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
 import statistics
 import sys
@@ -32,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import Stack, get_json
+from benchmarks.stack import Stack, get_json, stop_on_sigterm
 
 TARGET_RATIO = 1.2
 NON_READER_ID = "never-read"
@@ -263,10 +262,6 @@ def plot(runs: list[Run], summary: dict[str, Any], path: Path, title: str) -> No
     fig.savefig(path, dpi=110)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     from llmstream_inference.models.default import pull_default
 
@@ -277,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     out = Path(args.out)
     logs = out / "slow-consumers-logs"
     logs.mkdir(parents=True, exist_ok=True)

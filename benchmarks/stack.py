@@ -120,3 +120,12 @@ class Stack:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a benchmark like Ctrl-C: its finally clause stops the servers."""
+    signal.signal(signal.SIGTERM, _interrupt)
